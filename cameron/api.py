@@ -1,0 +1,139 @@
+"""The HTTP API (SPEC §2): JSON in, JSON out, and every error a JSON object."""
+import functools
+import json
+import logging
+import re
+import time
+import uuid
+
+import bottle
+
+from .errors import StoreUnavailable
+from .store import FINISHED
+
+log = logging.getLogger(__name__)
+MAX_KEY_LENGTH = 1024
+MAX_WAIT = 60.0
+_TICKET_PATTERN = re.compile(r'[0-9a-f]{32}')
+_WAIT_SLICE = 0.5  # seconds between looks at a ticket that runs in another process
+
+
+def make_app(config, catalogue, store, dispatcher):
+    app = bottle.Bottle()
+    app.install(_json_errors)
+    app.default_error_handler = _render_error
+
+    def workflow_or_404(name):
+        if name not in catalogue:
+            raise bottle.HTTPError(404, f'unknown workflow {name!r}')
+        return catalogue[name]
+
+    @app.post('/api/workflow/<name>/start')
+    def start(name):
+        workflow_or_404(name)
+        key, data = _read_start_request(config.max_request_bytes)
+        ticket = uuid.uuid4().hex
+        store.push_ticket(name, ticket, key, data)
+        dispatcher.notify()
+        log.info('ticket %s/%s: enqueued, key %r', name, ticket, key)
+        location = f'/api/workflow/{name}/ticket/{ticket}'
+        bottle.response.status = 201
+        bottle.response.set_header('Location', location)
+        return {'workflow': name, 'ticket': ticket, 'status': 'enqueued', 'location': location}
+
+    @app.get('/api/workflow/<name>/ticket/<ticket>')
+    def read_ticket(name, ticket):
+        workflow_or_404(name)
+        wait = _wait_seconds(bottle.request.query.get('wait'))
+        if not _TICKET_PATTERN.fullmatch(ticket):
+            raise bottle.HTTPError(404, f'unknown ticket {ticket!r}')
+        with dispatcher.watching(ticket) as ended_here:
+            deadline = time.monotonic() + wait
+            record = store.read_ticket(name, ticket)
+            while record and record['status'].get('current') not in FINISHED \
+                    and time.monotonic() < deadline:
+                ended_here.wait(min(_WAIT_SLICE, deadline - time.monotonic()))
+                record = store.read_ticket(name, ticket)
+        if record is None:
+            raise bottle.HTTPError(404, f'unknown ticket {ticket!r} of workflow {name!r}')
+        return record
+
+    @app.get('/api/workflows')
+    def workflows():
+        queued = store.queue_lengths(list(catalogue))
+        return {'workflows': [{'name': w.name, 'start_point_url': w.start_point_url,
+                               'queued': queued[w.name]} for w in catalogue.values()]}
+
+    @app.get('/api/health')
+    def health():
+        try:
+            store.ping()
+        except StoreUnavailable:
+            bottle.response.status = 503
+            return {'status': 'unavailable', 'redis': 'unreachable'}
+        return {'status': 'ok', 'redis': 'ok'}
+
+    return app
+
+
+def _read_start_request(limit):
+    """(key, data) from the request body; HTTPError 400 or 413 says what is wrong."""
+    if (bottle.request.content_length or 0) > limit:
+        raise bottle.HTTPError(413, f'the body is larger than {limit} bytes')
+    body = bottle.request.environ['wsgi.input'].read(limit + 1)
+    if len(body) > limit:
+        raise bottle.HTTPError(413, f'the body is larger than {limit} bytes')
+    try:
+        request = json.loads(body)
+    except ValueError:
+        raise bottle.HTTPError(400, 'the body is not JSON') from None
+    if not isinstance(request, dict):
+        raise bottle.HTTPError(400, 'the body is not a JSON object')
+    key = request.get('key')
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        key = str(key)
+    if not isinstance(key, str):
+        raise bottle.HTTPError(400, '"key" is required: a string or a number')
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise bottle.HTTPError(400, f'"key" must have 1 to {MAX_KEY_LENGTH} characters')
+    return key, request.get('data')
+
+
+def _wait_seconds(value):
+    if value is None:
+        return 0.0
+    try:
+        wait = float(value)
+    except ValueError:
+        wait = -1.0
+    if not 0 < wait <= MAX_WAIT:
+        raise bottle.HTTPError(400, f'"wait" must be a number of seconds above 0, at most {MAX_WAIT:g}')
+    return wait
+
+
+def _json_errors(callback):
+    """Route plugin: Redis gone is a 503; anything unexpected a 500 without detail."""
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except bottle.HTTPResponse:
+            raise
+        except StoreUnavailable as e:
+            raise bottle.HTTPError(503, 'the store is unavailable, try again shortly') from e
+        except Exception as e:
+            log.exception('%s %s: unexpected error', bottle.request.method, bottle.request.path)
+            raise bottle.HTTPError(500, 'internal error') from e
+    return wrapper
+
+
+def _render_error(error):
+    """Every error answer, bottle's own 404 and 405 included, as {"error": message}."""
+    request = bottle.request
+    message = error.body if isinstance(error.body, str) and error.body else error.status_line
+    if error.status_code < 500:
+        log.info('%s %s: %d %s', request.method, request.path, error.status_code, message)
+    else:
+        log.warning('%s %s: %d %s', request.method, request.path, error.status_code, message)
+    bottle.response.content_type = 'application/json'
+    return json.dumps({'error': message})

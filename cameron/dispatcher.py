@@ -1,0 +1,122 @@
+"""Take tickets from the workflows' queues and run each in its own greenlet.
+
+At most max_running_tickets run at once; the rest wait in Redis. The loop sleeps on an
+in-process event that the API sets when it starts a ticket (the original's "notify"), and
+looks at the queues every poll_interval anyway, for tickets started through other
+processes. It never spins on an empty queue.
+"""
+import contextlib
+import logging
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from .errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+BATCH = 100  # most tickets taken in one round trip to Redis
+MAX_BACKOFF = 5.0  # seconds between looks at a Redis that does not answer
+
+
+class Dispatcher:
+    def __init__(self, store, worker, catalogue, process, max_running_tickets, poll_interval):
+        self.store = store
+        self.worker = worker
+        self.catalogue = catalogue
+        self.process = process
+        self.poll_interval = poll_interval
+        self.tickets = gevent.pool.Pool(max_running_tickets)
+        self._names = sorted(catalogue)
+        self._next_name = 0
+        self._wake = gevent.event.Event()
+        self._stopping = False
+        self._loop = None
+        self._watchers = {}  # ticket -> set of Events set when it ends here
+
+    def start(self):
+        self._loop = gevent.spawn(self._run_loop)
+
+    def notify(self):
+        """A ticket was queued: look at the queues now."""
+        self._wake.set()
+
+    def run_once(self):
+        """Take what tickets there is room for and spawn them; returns how many."""
+        room = min(self.tickets.free_count(), BATCH)
+        if not room or not self._names:
+            return 0
+        names = [self._names[(self._next_name + i) % len(self._names)] for i in range(room)]
+        self._next_name = (self._next_name + room) % len(self._names)
+        taken = self.store.take_tickets(names, self.process)
+        for workflow, ticket in taken:
+            log.info('ticket %s/%s: dispatched', workflow, ticket)
+            self.tickets.spawn(self._run_ticket, workflow, ticket)
+        return len(taken)
+
+    def join(self, timeout=None):
+        """Wait until no ticket runs here; True if that happened within timeout."""
+        return self.tickets.join(timeout=timeout)
+
+    def stop(self, timeout):
+        """Take no more tickets, give the running ones timeout seconds, then kill the rest
+        (they stay in the processing list, to be resumed). True if all had finished."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop is not None:
+            self._loop.join()
+        finished = self.tickets.join(timeout=timeout)
+        if not finished:
+            log.warning('%d tickets still running after %ss; they resume on the next start',
+                        len(self.tickets), timeout)
+            self.tickets.kill()
+        return finished
+
+    @contextlib.contextmanager
+    def watching(self, ticket):
+        """An Event set when the ticket ends in this process, while the block runs."""
+        event = gevent.event.Event()
+        self._watchers.setdefault(ticket, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._watchers[ticket]
+            events.discard(event)
+            if not events:
+                del self._watchers[ticket]
+
+    def _run_loop(self):
+        backoff = 0.0
+        while not self._stopping:
+            try:
+                taken = self.run_once()
+                backoff = 0.0
+            except StoreUnavailable as e:
+                backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
+                log.warning('dispatcher: %s; next look in %.1fs', e, backoff)
+                self._wait(backoff)
+                continue
+            except Exception:
+                log.exception('dispatcher: unexpected error; next look in %ss', self.poll_interval)
+                self._wait(self.poll_interval)
+                continue
+            if taken:
+                gevent.sleep(0)  # let the new tickets and the API run between batches
+            elif self.tickets.full():
+                self.tickets.wait_available(timeout=self.poll_interval)
+            else:
+                self._wait(self.poll_interval)
+
+    def _wait(self, timeout):
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def _run_ticket(self, workflow, ticket):
+        try:
+            self.worker.run_ticket(self.catalogue[workflow], ticket)
+        except Exception:
+            # The ticket stays in this process's processing list, to be resumed.
+            log.exception('ticket %s/%s: stopped by an unexpected error', workflow, ticket)
+        finally:
+            for event in self._watchers.get(ticket, ()):
+                event.set()

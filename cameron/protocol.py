@@ -1,0 +1,132 @@
+"""The step protocol, as pure functions: what Cameron sends a step service, how it reads
+the answer, the URL rules and step ids. No I/O here, so every rule is unit-testable."""
+import dataclasses
+import json
+import random
+from urllib.parse import quote, urljoin, urlsplit
+
+from .errors import InvalidAnswer
+
+ERROR_BODY_BYTES = 1024  # how much of a failed answer's body a step record keeps
+
+
+@dataclasses.dataclass(frozen=True)
+class NextStep:
+    name: str
+    url: str  # already expanded: {key} replaced, resolved, checked
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A step service's valid answer."""
+    name: str = None
+    data: object = None
+    next: tuple = ()
+    parallel: bool = True
+
+
+def step_error(kind, message, http_status=None, body=b''):
+    """The error object a failed step records (SPEC §4.5)."""
+    return {'type': kind, 'message': message, 'http_status': http_status,
+            'body': body[:ERROR_BODY_BYTES].decode('utf-8', 'replace')}
+
+
+def step_request(key, data, ticket, workflow, step_id, requestor):
+    return {'key': key, 'data': data, 'ticket': ticket, 'workflow': workflow,
+            'step': step_id, 'requestor': requestor}
+
+
+def step_headers(ticket, step_id, attempt):
+    return {'Content-Type': 'application/json', 'X-Cameron-Ticket': ticket,
+            'X-Cameron-Step': step_id, 'X-Cameron-Attempt': str(attempt),
+            'Idempotency-Key': f'{ticket}:{step_id}'}
+
+
+def expand_url(template, key, base=None, allowed_hosts=None):
+    """template with {key} replaced by the URL-encoded key, resolved against base when
+    relative; InvalidAnswer unless it is http(s) and, if a list is given, on allowed_hosts."""
+    url = template.replace('{key}', quote(key, safe=''))
+    if base:
+        url = urljoin(base, url)
+    parts = urlsplit(url)
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+        raise InvalidAnswer(f'{url!r} is not an http or https URL')
+    if allowed_hosts is not None and parts.hostname not in allowed_hosts:
+        raise InvalidAnswer(f'{parts.hostname!r} is not on allowed_hosts')
+    return url
+
+
+def parse_answer(body, step_url, key, allowed_hosts=None):
+    """The Answer in a 2xx body; InvalidAnswer says what is wrong with it."""
+    if not body.strip():
+        return Answer()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise InvalidAnswer('the answer is not JSON') from None
+    if not isinstance(answer, dict):
+        raise InvalidAnswer('the answer is not a JSON object')
+    name = answer.get('name')
+    if name is not None and not isinstance(name, str):
+        raise InvalidAnswer('"name" is not a string')
+    next_steps = answer.get('next')
+    if next_steps is None and isinstance(answer.get('next_activities'), dict):
+        next_steps = answer['next_activities'].get('definitions')  # the original's later form
+    return Answer(name=name, data=answer.get('data'),
+                  next=_parse_next(next_steps, step_url, key, allowed_hosts),
+                  parallel=_parse_parallel(answer.get('parallel', True)))
+
+
+def _parse_next(next_steps, step_url, key, allowed_hosts):
+    if next_steps is None:
+        return ()
+    if not isinstance(next_steps, list):
+        raise InvalidAnswer('"next" is not a list')
+    parsed = []
+    for i, entry in enumerate(next_steps, 1):
+        if not (isinstance(entry, dict) and isinstance(entry.get('name'), str)
+                and isinstance(entry.get('url'), str)):
+            raise InvalidAnswer(f'next step {i} is not an object with a string name and url')
+        try:
+            url = expand_url(entry['url'], key, step_url, allowed_hosts)
+        except InvalidAnswer as e:
+            raise InvalidAnswer(f'next step {i} ({entry["name"]}): {e}') from None
+        parsed.append(NextStep(entry['name'], url))
+    return tuple(parsed)
+
+
+def _parse_parallel(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ('yes', 'no'):
+        return value.lower() == 'yes'
+    raise InvalidAnswer('"parallel" is not "yes", "no" or a boolean')
+
+
+def is_retryable(http_status):
+    return http_status == 429 or http_status >= 500
+
+
+def retry_delay(attempt, backoff, retry_after=None, rng=random.random):
+    """Seconds to wait before attempt + 1: exponential with full jitter, or the step
+    service's own Retry-After when it gave one."""
+    if retry_after is not None:
+        return retry_after
+    return backoff * (2 ** (attempt - 1)) * (0.5 + rng() / 2)
+
+
+def parse_retry_after(value):
+    """Seconds from a Retry-After header given as seconds; None for anything else."""
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def child_step_id(parent_id, index):
+    """Ids are 1-based index paths: the second next step of step 1 is 1-2."""
+    return f'{parent_id}-{index}'
+
+
+def step_sort_key(step_id):
+    return tuple(int(part) for part in step_id.split('-'))

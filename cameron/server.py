@@ -1,0 +1,106 @@
+"""Wiring: settings, logging, the Redis client, the dispatcher and the HTTP server, and a
+clean stop on SIGTERM or SIGINT."""
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+
+import gevent
+import gevent.event
+from gevent import monkey
+from gevent.pywsgi import WSGIServer
+
+from . import __version__, demo
+from .api import make_app
+from .catalogue import load_catalogue
+from .config import load_config
+from .dispatcher import Dispatcher
+from .errors import ConfigError, CatalogueError, StoreUnavailable
+from .stepclient import StepClient
+from .store import Store
+from .worker import Worker
+
+log = logging.getLogger('cameron')
+
+
+def main(argv=None, environ=None):
+    """Run the server until SIGTERM or SIGINT; returns the exit code."""
+    if not monkey.is_module_patched('socket'):
+        print('cameron-server: gevent.monkey.patch_all() must run before anything else '
+              '(bin/cameron-server does it)', file=sys.stderr)
+        return 1
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    try:
+        config = load_config(argv, environ)
+        catalogue = load_catalogue(config.workflows, {
+            'step_timeout': config.step_timeout, 'retries': config.retries,
+            'max_steps': config.max_steps})
+        _setup_logging(config.log_level)
+        client = connect_redis(config)
+    except (ConfigError, CatalogueError, StoreUnavailable) as e:
+        print(f'cameron-server: {e}', file=sys.stderr)
+        return 1
+    return serve(config, catalogue, client)
+
+
+def connect_redis(config):
+    """The Redis client: the configured server, which must answer now, or the embedded one."""
+    if config.redis_url is None:
+        import fakeredis  # only the embedded mode needs it
+        log.warning('NO REDIS CONFIGURED: using the embedded in-process store. Every ticket '
+                    'is lost when this process exits. Set --redis or CAMERON_REDIS_URL.')
+        return fakeredis.FakeRedis(decode_responses=True)
+    import redis
+    try:
+        # A blocking pool: past redis_connections, a command waits for a free connection
+        # instead of failing, so thousands of tickets share a bounded number of sockets.
+        pool = redis.BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=config.redis_connections, timeout=10,
+            decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+            health_check_interval=30)
+        client = redis.Redis(connection_pool=pool)
+        client.ping()
+    except (redis.RedisError, ValueError) as e:
+        raise StoreUnavailable(f'cannot reach Redis at {config.redis_url}: {e}') from None
+    return client
+
+
+def serve(config, catalogue, client):
+    process = f'{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}'
+    store = Store(client, config.namespace, config.ticket_ttl)
+    steps = StepClient(config.max_outgoing_requests, config.max_response_bytes,
+                       config.retry_backoff)
+    dispatcher = Dispatcher(store, Worker(store, steps, process), catalogue, process,
+                            config.max_running_tickets, config.poll_interval)
+    app = make_app(config, catalogue, store, dispatcher)
+    if config.demo:
+        app.mount('/demo/', demo.make_app())
+    server = WSGIServer((config.host, config.port), app, log=None,
+                        error_log=logging.getLogger('cameron.http'))
+    stop = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop.set)
+    try:
+        server.start()
+    except OSError as e:
+        log.error('cannot listen on %s:%s: %s', config.host, config.port, e.strerror)
+        return 1
+    dispatcher.start()
+    log.info('cameron %s listening on http://%s:%d (process %s, namespace %s, %d workflows)',
+             __version__, config.host, server.server_port, process, config.namespace,
+             len(catalogue))
+    stop.wait()
+    log.info('stopping: no new requests; running tickets get %ss to finish', config.drain_timeout)
+    server.stop(timeout=1)
+    dispatcher.stop(config.drain_timeout)
+    steps.close()
+    log.info('stopped')
+    return 0
+
+
+def _setup_logging(level):
+    logging.basicConfig(stream=sys.stderr, level=level.upper(),
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')

@@ -1,0 +1,186 @@
+"""The Redis layout (SPEC §3) and every Redis command Cameron sends.
+
+    key                                              type  holds
+    {ns}:workflow:{name}:queue:incoming              list  tickets waiting; LPUSH in, taken from the right
+    {ns}:workflow:{name}:queue:processing:{process}  list  tickets a process has taken and not ended
+    {ns}:workflow:{name}:ticket:{ticket}             hash  the ticket's whole record
+
+Ticket hash fields: payload.key, payload.data (JSON), status.current, status.{state}.time,
+and for each step step.{id}.{field}: name, url, parent, requestor, answer_name,
+status.current, status.{state}.time (text), attempts, http_status, duration_ms, data, next,
+parallel, error (JSON). Times are ISO 8601 UTC with milliseconds.
+
+Nothing else in Cameron imports redis: a lost connection leaves this module as
+StoreUnavailable.
+"""
+import datetime
+import functools
+import json
+import time
+
+import redis
+
+from .errors import StoreUnavailable
+from .protocol import step_sort_key
+
+FINISHED = ('done', 'error')
+_STEP_ORDER = ('id', 'name', 'parent', 'requestor', 'url', 'status', 'attempts', 'http_status',
+               'duration_ms', 'data', 'next', 'parallel', 'error', 'answer_name')
+_TEXT_STEP_FIELDS = ('name', 'url', 'parent', 'requestor', 'answer_name')
+_STEP_FIELDS = _TEXT_STEP_FIELDS + ('attempts', 'http_status', 'duration_ms', 'data', 'next',
+                                    'parallel', 'error')
+
+
+def incoming_key(ns, workflow):
+    return f'{ns}:workflow:{workflow}:queue:incoming'
+
+
+def processing_key(ns, workflow, process):
+    return f'{ns}:workflow:{workflow}:queue:processing:{process}'
+
+
+def ticket_key(ns, workflow, ticket):
+    return f'{ns}:workflow:{workflow}:ticket:{ticket}'
+
+
+def _unavailable_on_redis_errors(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise StoreUnavailable(f'Redis is unavailable: {e}') from e
+    return wrapper
+
+
+def timestamp(seconds):
+    """ISO 8601 UTC with milliseconds, as every status.{state}.time field holds."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime('%Y-%m-%dT%H:%M:%S.') + f'{moment.microsecond // 1000:03d}Z'
+
+
+class Store:
+    def __init__(self, client, namespace, ticket_ttl, clock=time.time):
+        self.redis = client
+        self.ns = namespace
+        self.ticket_ttl = ticket_ttl
+        self._clock = clock
+
+    def _status(self, state, prefix=''):
+        return {f'{prefix}status.current': state,
+                f'{prefix}status.{state}.time': timestamp(self._clock())}
+
+    @_unavailable_on_redis_errors
+    def ping(self):
+        self.redis.ping()
+
+    @_unavailable_on_redis_errors
+    def push_ticket(self, workflow, ticket, key, data):
+        """Create the ticket's hash and queue it, in one transaction."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(ticket_key(self.ns, workflow, ticket), mapping={
+                'payload.key': key, 'payload.data': json.dumps(data),
+                **self._status('enqueued')})
+            pipe.lpush(incoming_key(self.ns, workflow), ticket)
+            pipe.execute()
+
+    @_unavailable_on_redis_errors
+    def take_tickets(self, workflows, process):
+        """Move up to one ticket from each named workflow's queue into this process's
+        processing list and mark it dispatched. Returns [(workflow, ticket)]."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for workflow in workflows:
+                pipe.lmove(incoming_key(self.ns, workflow),
+                           processing_key(self.ns, workflow, process), 'RIGHT', 'LEFT')
+            taken = [(w, t) for w, t in zip(workflows, pipe.execute()) if t is not None]
+            for workflow, ticket in taken:
+                pipe.hset(ticket_key(self.ns, workflow, ticket), mapping=self._status('dispatched'))
+            pipe.execute()
+        return taken
+
+    @_unavailable_on_redis_errors
+    def mark_ticket(self, workflow, ticket, state):
+        self.redis.hset(ticket_key(self.ns, workflow, ticket), mapping=self._status(state))
+
+    @_unavailable_on_redis_errors
+    def finish_ticket(self, workflow, ticket, process, state):
+        """Record the final state, start the expiry clock and release the ticket from the
+        processing list, in one transaction."""
+        key = ticket_key(self.ns, workflow, ticket)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=self._status(state))
+            pipe.expire(key, self.ticket_ttl)
+            pipe.lrem(processing_key(self.ns, workflow, process), 1, ticket)
+            pipe.execute()
+
+    @_unavailable_on_redis_errors
+    def drop_ticket(self, workflow, ticket, process):
+        """Release a taken ticket that has no record (expired or deleted) to run."""
+        self.redis.lrem(processing_key(self.ns, workflow, process), 1, ticket)
+
+    @_unavailable_on_redis_errors
+    def record_step(self, workflow, ticket, step_id, state, **fields):
+        """Write a step's state and the given fields (see the module doc for the encoding)."""
+        mapping = {f'step.{step_id}.{name}': _encode(name, value)
+                   for name, value in fields.items() if value is not None}
+        mapping.update(self._status(state, prefix=f'step.{step_id}.'))
+        self.redis.hset(ticket_key(self.ns, workflow, ticket), mapping=mapping)
+
+    @_unavailable_on_redis_errors
+    def read_ticket(self, workflow, ticket):
+        """The whole record as the API shows it, read in one round trip; None if unknown."""
+        fields = self.redis.hgetall(ticket_key(self.ns, workflow, ticket))
+        if not fields:
+            return None
+        return _decode_ticket(workflow, ticket, fields)
+
+    @_unavailable_on_redis_errors
+    def read_status(self, workflow, ticket):
+        return self.redis.hget(ticket_key(self.ns, workflow, ticket), 'status.current')
+
+    @_unavailable_on_redis_errors
+    def queue_lengths(self, workflows):
+        with self.redis.pipeline(transaction=False) as pipe:
+            for workflow in workflows:
+                pipe.llen(incoming_key(self.ns, workflow))
+            return dict(zip(workflows, pipe.execute()))
+
+
+def _encode(name, value):
+    return value if name in _TEXT_STEP_FIELDS else json.dumps(value)
+
+
+def _decode_ticket(workflow, ticket, fields):
+    status, steps = {}, {}
+    for field, value in fields.items():
+        if field.startswith('step.'):
+            _, step_id, name = field.split('.', 2)
+            _set_field(steps.setdefault(step_id, {'id': step_id, 'status': {}}), name, value)
+        elif field.startswith('status.'):
+            _set_status(status, field[len('status.'):], value)
+    return {
+        'workflow': workflow,
+        'ticket': ticket,
+        'payload': {'key': fields.get('payload.key'),
+                    'data': json.loads(fields.get('payload.data', 'null'))},
+        'status': status,
+        'steps': [_complete_step(steps[i]) for i in sorted(steps, key=step_sort_key)],
+    }
+
+
+def _set_field(step, name, value):
+    if name.startswith('status.'):
+        _set_status(step['status'], name[len('status.'):], value)
+    elif name in _TEXT_STEP_FIELDS:
+        step[name] = value
+    elif name in _STEP_FIELDS:
+        step[name] = json.loads(value)
+
+
+def _set_status(status, name, value):
+    # "current" stays as it is; "running.time" becomes status["running"].
+    status[name.removesuffix('.time')] = value
+
+
+def _complete_step(step):
+    return {name: step.get(name) for name in _STEP_ORDER}

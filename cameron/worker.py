@@ -1,0 +1,139 @@
+"""Run one ticket: call the start step, follow each answer's next steps (in parallel or in
+order), and record every step transition in the store.
+
+The code reads as plain blocking calls; the dispatcher runs each ticket in its own greenlet
+and parallel next steps get greenlets of their own. A ticket that was taken before (by a
+process that died) is resumed: steps recorded done are not called again, their recorded
+next steps are followed.
+"""
+import dataclasses
+import logging
+
+import gevent
+
+from . import protocol
+from .errors import InvalidAnswer
+from .store import FINISHED
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """A step about to run: where it sits in the tree and what it is sent."""
+    id: str
+    name: str
+    url: str
+    data: object
+    parent: str = None
+    requestor: str = None
+
+
+@dataclasses.dataclass
+class _TicketRun:
+    workflow: object  # catalogue.Workflow
+    ticket: str
+    key: str
+    recorded: dict  # step id -> step record, from an earlier run of this ticket
+    steps: int = 0  # steps counted against workflow.max_steps
+    failed: bool = False
+
+
+class Worker:
+    def __init__(self, store, client, process):
+        self.store = store
+        self.client = client
+        self.process = process
+
+    def run_ticket(self, workflow, ticket):
+        """Run the ticket to its end; returns its final state, or None if it has no record."""
+        record = self.store.read_ticket(workflow.name, ticket)
+        if record is None:
+            log.warning('ticket %s/%s: no record (expired or deleted), dropped', workflow.name, ticket)
+            self.store.drop_ticket(workflow.name, ticket, self.process)
+            return None
+        key = record['payload']['key']
+        run = _TicketRun(workflow, ticket, key, {s['id']: s for s in record['steps']})
+        if record['status']['current'] not in FINISHED:
+            self.store.mark_ticket(workflow.name, ticket, 'running')
+            log.info('ticket %s/%s: running', workflow.name, ticket)
+            url = protocol.expand_url(workflow.start_point_url, key)
+            self._run_step(run, _Call('1', 'start', url, record['payload']['data']))
+        state = 'error' if run.failed else 'done'
+        self.store.finish_ticket(workflow.name, ticket, self.process, state)
+        log.info('ticket %s/%s: %s', workflow.name, ticket, state)
+        return state
+
+    def _run_step(self, run, call):
+        run.steps += 1
+        recorded = run.recorded.get(call.id)
+        if recorded and recorded['status']['current'] in FINISHED:
+            answer = _recorded_answer(run, recorded)
+        else:
+            answer = self._call_step(run, call)
+        if answer is None or not answer.next:
+            return
+        if run.steps + len(answer.next) > run.workflow.max_steps:
+            self._fail(run, call, protocol.step_error(
+                'limit', f'{len(answer.next)} next steps would pass max_steps '
+                         f'({run.workflow.max_steps}); none were run'))
+            return
+        children = [_Call(protocol.child_step_id(call.id, i), step.name, step.url, answer.data,
+                          parent=call.id, requestor=call.name)
+                    for i, step in enumerate(answer.next, 1)]
+        if answer.parallel:
+            self._run_parallel(run, children)
+        else:
+            for child in children:  # each with its whole subtree before the next one
+                self._run_step(run, child)
+
+    def _run_parallel(self, run, children):
+        greenlets = [gevent.spawn(self._run_step, run, child) for child in children]
+        try:
+            gevent.joinall(greenlets, raise_error=True)
+        finally:
+            gevent.killall(greenlets)  # siblings of a branch that raised stop with it
+
+    def _call_step(self, run, call):
+        """Call the step and record the outcome; the Answer, or None if the step failed."""
+        workflow = run.workflow
+        self.store.record_step(workflow.name, run.ticket, call.id, 'running', name=call.name,
+                               url=call.url, parent=call.parent, requestor=call.requestor)
+        request = protocol.step_request(run.key, call.data, run.ticket, workflow.name, call.id,
+                                        call.requestor)
+        result = self.client.call(call.url, request, run.ticket, call.id,
+                                  workflow.step_timeout, workflow.retries)
+        outcome = dict(attempts=result.attempts, http_status=result.http_status,
+                       duration_ms=result.duration_ms)
+        if result.error is None:
+            try:
+                answer = protocol.parse_answer(result.body, call.url, run.key,
+                                               workflow.allowed_hosts)
+            except InvalidAnswer as e:
+                result.error = protocol.step_error('invalid_response', str(e),
+                                                   result.http_status, result.body)
+        if result.error is not None:
+            self._fail(run, call, result.error, **outcome)
+            return None
+        self.store.record_step(
+            workflow.name, run.ticket, call.id, 'done', data=answer.data,
+            next=[{'name': s.name, 'url': s.url} for s in answer.next],
+            parallel=answer.parallel, answer_name=answer.name, **outcome)
+        return answer
+
+    def _fail(self, run, call, error, **outcome):
+        run.failed = True
+        self.store.record_step(run.workflow.name, run.ticket, call.id, 'error', error=error,
+                               **outcome)
+        log.warning('ticket %s/%s step %s (%s): %s: %s', run.workflow.name, run.ticket,
+                    call.id, call.name, error['type'], error['message'])
+
+
+def _recorded_answer(run, step):
+    """A step finished by an earlier run: follow its recorded next steps, call nothing."""
+    if step['status']['current'] == 'error':
+        run.failed = True
+        return None
+    return protocol.Answer(name=step['answer_name'], data=step['data'],
+                           next=tuple(protocol.NextStep(**s) for s in step['next'] or ()),
+                           parallel=step['parallel'])
