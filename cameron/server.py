@@ -1,5 +1,6 @@
 """Wiring: settings, logging, the Redis client, the dispatcher and the HTTP server, and a
 clean stop on SIGTERM or SIGINT."""
+import dataclasses
 import logging
 import os
 import signal
@@ -54,13 +55,18 @@ def connect_redis(config):
                     'is lost when this process exits. Set --redis or CAMERON_REDIS_URL.')
         return fakeredis.FakeRedis(decode_responses=True)
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
     try:
         # A blocking pool: past redis_connections, a command waits for a free connection
         # instead of failing, so thousands of tickets share a bounded number of sockets.
         pool = redis.BlockingConnectionPool.from_url(
             config.redis_url, max_connections=config.redis_connections, timeout=10,
             decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
-            health_check_interval=30)
+            health_check_interval=30,
+            # One quick retry hides a pooled connection gone stale (Redis restarted); longer
+            # outages reach the dispatcher and the API, which back off or answer 503.
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1))
         client = redis.Redis(connection_pool=pool)
         client.ping()
     except (redis.RedisError, ValueError) as e:
@@ -68,8 +74,17 @@ def connect_redis(config):
     return client
 
 
-def serve(config, catalogue, client):
-    process = f'{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}'
+@dataclasses.dataclass
+class Parts:
+    """A Cameron assembled but not yet started: the WSGI app and the dispatcher behind it."""
+    app: object
+    dispatcher: Dispatcher
+    steps: StepClient
+    process: str
+
+
+def assemble(config, catalogue, client, process=None):
+    process = process or f'{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}'
     store = Store(client, config.namespace, config.ticket_ttl)
     steps = StepClient(config.max_outgoing_requests, config.max_response_bytes,
                        config.retry_backoff)
@@ -78,7 +93,12 @@ def serve(config, catalogue, client):
     app = make_app(config, catalogue, store, dispatcher)
     if config.demo:
         app.mount('/demo/', demo.make_app())
-    server = WSGIServer((config.host, config.port), app, log=None,
+    return Parts(app, dispatcher, steps, process)
+
+
+def serve(config, catalogue, client):
+    parts = assemble(config, catalogue, client)
+    server = WSGIServer((config.host, config.port), parts.app, log=None,
                         error_log=logging.getLogger('cameron.http'))
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -88,15 +108,15 @@ def serve(config, catalogue, client):
     except OSError as e:
         log.error('cannot listen on %s:%s: %s', config.host, config.port, e.strerror)
         return 1
-    dispatcher.start()
+    parts.dispatcher.start()
     log.info('cameron %s listening on http://%s:%d (process %s, namespace %s, %d workflows)',
-             __version__, config.host, server.server_port, process, config.namespace,
+             __version__, config.host, server.server_port, parts.process, config.namespace,
              len(catalogue))
     stop.wait()
     log.info('stopping: no new requests; running tickets get %ss to finish', config.drain_timeout)
     server.stop(timeout=1)
-    dispatcher.stop(config.drain_timeout)
-    steps.close()
+    parts.dispatcher.stop(config.drain_timeout)
+    parts.steps.close()
     log.info('stopped')
     return 0
 

@@ -1,0 +1,196 @@
+"""Shared fixtures: Redis (real and embedded), step services on 127.0.0.1, and Cameron
+itself, assembled as the server assembles it and served over real HTTP."""
+from gevent import monkey
+
+monkey.patch_all()  # the test entry point patches first, as bin/cameron-server does
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+
+import fakeredis  # noqa: E402
+import gevent  # noqa: E402
+import pytest  # noqa: E402
+import redis  # noqa: E402
+import requests  # noqa: E402
+import yaml  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+from cameron.catalogue import parse_catalogue  # noqa: E402
+from cameron.config import Config  # noqa: E402
+from cameron.server import assemble  # noqa: E402
+
+# A database of its own, so the tests never touch data on database 0; and keys under a
+# namespace of each test's own, deleted after it.
+REDIS_URL = os.environ.get('CAMERON_TEST_REDIS_URL', 'redis://127.0.0.1:6379/9')
+IN_CI = os.environ.get('CI', '').lower() == 'true'
+
+
+def real_redis():
+    """A client of the test Redis. Locally a missing Redis skips; under CI it fails."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        if IN_CI:
+            pytest.fail(f'CI=true but no Redis answers at {REDIS_URL}: {e}')
+        pytest.skip(f'no Redis at {REDIS_URL}')
+    return client
+
+
+@pytest.fixture(params=['real', 'fake'])
+def redis_client(request):
+    """Each test using it runs twice: on a real Redis and on fakeredis."""
+    if request.param == 'real':
+        client = real_redis()
+    else:
+        client = fakeredis.FakeRedis(decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(redis_client):
+    ns = f'cameron-test-{uuid.uuid4().hex[:12]}'
+    yield ns
+    for key in redis_client.scan_iter(f'{ns}:*'):
+        redis_client.delete(key)
+
+
+def keys_of(client, ns):
+    return sorted(client.scan_iter(f'{ns}:*'))
+
+
+def free_port():
+    """A port nothing listens on: bound, then closed."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Reply:
+    """What a step service route answers; a plain dict is a 200 JSON answer."""
+    status: int = 200
+    body: object = b''  # bytes, or anything JSON
+    headers: tuple = ()
+    delay: float = 0.0  # seconds before answering
+    trickle: float = 0.0  # seconds between single bytes of the body
+
+
+@dataclasses.dataclass
+class Received:
+    path: str
+    body: dict
+    headers: dict
+    started: float
+    finished: float = None
+
+
+class StepService:
+    """A real HTTP step service on 127.0.0.1. Routes map a path to a Reply, a dict, or a
+    function of the Received request returning either; received lists every request."""
+
+    def __init__(self):
+        self.routes = {}
+        self.received = []
+        self.server = WSGIServer(('127.0.0.1', 0), self._wsgi, log=None, error_log=None)
+        self.server.start()
+        self.base = f'http://127.0.0.1:{self.server.server_port}'
+
+    def url(self, path):
+        return self.base + path
+
+    def paths(self):
+        return [r.path for r in self.received]
+
+    def _wsgi(self, environ, start_response):
+        hub = gevent.get_hub()
+        raw = environ['wsgi.input'].read()
+        headers = {k[5:].replace('_', '-').title(): v for k, v in environ.items()
+                   if k.startswith('HTTP_')}
+        received = Received(environ['PATH_INFO'], json.loads(raw) if raw else None, headers,
+                            hub.loop.now())
+        self.received.append(received)
+        route = self.routes.get(received.path)
+        reply = route(received) if callable(route) else route
+        if reply is None:
+            reply = Reply(404, b'no such route')
+        elif isinstance(reply, dict):
+            reply = Reply(body=reply)
+        gevent.sleep(reply.delay)
+        body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+        start_response(f'{reply.status} X', [('Content-Length', str(len(body))), *reply.headers])
+        if reply.trickle:
+            return self._trickle(body, reply.trickle, received)
+        received.finished = hub.loop.now()
+        return [body]
+
+    @staticmethod
+    def _trickle(body, pause, received):
+        for i in range(len(body)):
+            gevent.sleep(pause)
+            yield body[i:i + 1]
+
+
+@pytest.fixture
+def step_service():
+    service = StepService()
+    yield service
+    service.server.stop(timeout=1)
+
+
+class Cameron:
+    """Cameron assembled as bin/cameron-server assembles it, its API on a free port."""
+
+    def __init__(self, parts, client, namespace):
+        self.parts = parts
+        self.dispatcher = parts.dispatcher
+        self.redis = client
+        self.ns = namespace
+        self.server = WSGIServer(('127.0.0.1', 0), parts.app, log=None, error_log=None)
+        self.server.start()
+        self.base = f'http://127.0.0.1:{self.server.server_port}'
+        self.dispatcher.start()
+
+    def start(self, workflow, key='k1', data=None, **kwargs):
+        return requests.post(f'{self.base}/api/workflow/{workflow}/start',
+                             json={'key': key, 'data': data}, timeout=5, **kwargs)
+
+    def run(self, workflow, key='k1', data=None, wait=10):
+        """Start a ticket and return its record once it has finished."""
+        started = self.start(workflow, key, data)
+        assert started.status_code == 201, started.text
+        record = requests.get(f'{self.base}{started.headers["Location"]}?wait={wait}',
+                              timeout=wait + 5).json()
+        assert record['status']['current'] in ('done', 'error'), record
+        return record
+
+    def ticket_hash(self, workflow, ticket):
+        return self.redis.hgetall(f'{self.ns}:workflow:{workflow}:ticket:{ticket}')
+
+    def stop(self):
+        self.server.stop(timeout=1)
+        self.dispatcher.stop(timeout=5)
+        self.parts.steps.close()
+
+
+@pytest.fixture
+def make_cameron(redis_client, namespace):
+    """make_cameron({'name': {workflow options}}, **settings) -> a running Cameron."""
+    started = []
+
+    def make(workflows, **settings):
+        config = Config(namespace=namespace, **{'retry_backoff': 0.01, **settings})
+        defaults = {'step_timeout': config.step_timeout, 'retries': config.retries,
+                    'max_steps': config.max_steps}
+        catalogue = parse_catalogue(yaml.safe_dump({'workflows': workflows}), 'test', defaults)
+        cameron = Cameron(assemble(config, catalogue, redis_client), redis_client, namespace)
+        started.append(cameron)
+        return cameron
+
+    yield make
+    for cameron in started:
+        cameron.stop()

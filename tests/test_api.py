@@ -1,0 +1,181 @@
+"""The HTTP API over real HTTP: status codes, JSON errors, and nothing written on bad input."""
+import json
+
+import pytest
+import redis
+import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from cameron.catalogue import parse_catalogue
+from cameron.config import Config
+from cameron.server import assemble
+
+from .conftest import Cameron, Reply, free_port, keys_of
+
+STEP = {'name': 'start', 'data': {'ok': True}}
+
+
+@pytest.fixture
+def cameron(make_cameron, step_service):
+    step_service.routes['/start/k1'] = STEP
+    return make_cameron({'bar': {'start_point_url': step_service.url('/start/{key}')}},
+                        max_request_bytes=2048)
+
+
+def post(cameron, path, body, **kwargs):
+    data = body if isinstance(body, (bytes, str)) or hasattr(body, '__next__') else json.dumps(body)
+    return requests.post(cameron.base + path, data=data, timeout=5, **kwargs)
+
+
+def assert_json_error(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers['Content-Type'].startswith('application/json')
+    assert isinstance(response.json()['error'], str) and response.json()['error']
+
+
+def test_start_answers_201_with_the_location_of_the_ticket(cameron, redis_client, namespace):
+    response = post(cameron, '/api/workflow/bar/start', {'key': 'k1', 'data': {'x': 1}})
+    assert response.status_code == 201
+    body = response.json()
+    ticket = body['ticket']
+    assert len(ticket) == 32 and int(ticket, 16) >= 0
+    location = f'/api/workflow/bar/ticket/{ticket}'
+    assert response.headers['Location'] == location
+    assert body == {'workflow': 'bar', 'ticket': ticket, 'status': 'enqueued', 'location': location}
+    fields = redis_client.hgetall(f'{namespace}:workflow:bar:ticket:{ticket}')
+    assert fields['payload.key'] == 'k1' and json.loads(fields['payload.data']) == {'x': 1}
+
+
+def test_start_ignores_the_content_type(cameron):
+    # curl -d sends application/x-www-form-urlencoded; the body is still JSON.
+    response = post(cameron, '/api/workflow/bar/start', '{"key": "k1"}',
+                    headers={'Content-Type': 'application/x-www-form-urlencoded'})
+    assert response.status_code == 201
+
+
+def test_a_number_key_is_taken_as_its_decimal_string(cameron):
+    response = post(cameron, '/api/workflow/bar/start', {'key': 42})
+    ticket = response.json()['ticket']
+    record = requests.get(f'{cameron.base}/api/workflow/bar/ticket/{ticket}', timeout=5).json()
+    assert record['payload'] == {'key': '42', 'data': None}
+
+
+@pytest.mark.parametrize('body', [
+    b'not json', b'', b'[1, 2]', b'"key"', {'data': 1}, {'key': None}, {'key': True},
+    {'key': {'a': 1}}, {'key': ['a']}, {'key': ''}, {'key': 'x' * 1025}])
+def test_bad_start_body_is_400_and_writes_nothing(cameron, redis_client, namespace, body):
+    assert_json_error(post(cameron, '/api/workflow/bar/start', body), 400)
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_key_of_1024_characters_is_accepted(cameron):
+    assert post(cameron, '/api/workflow/bar/start', {'key': 'x' * 1024}).status_code == 201
+
+
+def test_body_over_the_limit_is_413_and_writes_nothing(cameron, redis_client, namespace):
+    response = post(cameron, '/api/workflow/bar/start', {'key': 'k', 'data': 'x' * 3000})
+    assert_json_error(response, 413)
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_chunked_body_over_the_limit_is_413(cameron, redis_client, namespace):
+    chunks = (b'{"key": "k", "data": "' + b'x' * 1000 for _ in range(3))  # no Content-Length
+    assert_json_error(post(cameron, '/api/workflow/bar/start', chunks), 413)
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_unknown_workflow_is_404_and_writes_nothing(cameron, redis_client, namespace):
+    assert_json_error(post(cameron, '/api/workflow/nope/start', {'key': 'k'}), 404)
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_ticket_record_after_wait_is_finished(cameron):
+    record = cameron.run('bar')
+    assert record['status']['current'] == 'done'
+    assert [s['name'] for s in record['steps']] == ['start']
+    assert record['steps'][0]['data'] == {'ok': True}
+
+
+@pytest.mark.parametrize('path', [
+    '/api/workflow/bar/ticket/0123456789abcdef0123456789abcdef',  # well formed, unknown
+    '/api/workflow/bar/ticket/not-a-ticket',
+    '/api/workflow/nope/ticket/0123456789abcdef0123456789abcdef'])
+def test_unknown_ticket_is_404(cameron, path):
+    assert_json_error(requests.get(cameron.base + path, timeout=5), 404)
+
+
+def test_ticket_of_another_workflow_is_404(make_cameron, step_service):
+    step_service.routes['/start/k1'] = STEP
+    url = step_service.url('/start/{key}')
+    cameron = make_cameron({'bar': {'start_point_url': url}, 'zar': {'start_point_url': url}})
+    ticket = cameron.start('bar').json()['ticket']
+    response = requests.get(f'{cameron.base}/api/workflow/zar/ticket/{ticket}', timeout=5)
+    assert_json_error(response, 404)
+
+
+@pytest.mark.parametrize('wait', ['0', '-1', '61', 'soon', 'nan'])
+def test_bad_wait_is_400(cameron, wait):
+    ticket = cameron.start('bar').json()['ticket']
+    response = requests.get(f'{cameron.base}/api/workflow/bar/ticket/{ticket}?wait={wait}',
+                            timeout=5)
+    assert_json_error(response, 400)
+
+
+def test_wait_gives_up_after_n_seconds_with_the_ticket_as_it_is(cameron, step_service):
+    step_service.routes['/start/slow'] = Reply(body={}, delay=1.5)
+    ticket = cameron.start('bar', key='slow').json()['ticket']
+    response = requests.get(f'{cameron.base}/api/workflow/bar/ticket/{ticket}?wait=0.5',
+                            timeout=5)
+    assert response.status_code == 200
+    assert response.json()['status']['current'] == 'running'
+
+
+def test_workflows_lists_the_catalogue_with_queue_lengths(cameron, step_service):
+    cameron.dispatcher.stop(timeout=1)  # nothing takes tickets now: they stay queued
+    cameron.start('bar')
+    cameron.start('bar')
+    response = requests.get(f'{cameron.base}/api/workflows', timeout=5)
+    assert response.json() == {'workflows': [
+        {'name': 'bar', 'start_point_url': step_service.url('/start/{key}'), 'queued': 2}]}
+
+
+def test_health_is_ok_with_redis(cameron):
+    response = requests.get(f'{cameron.base}/api/health', timeout=5)
+    assert (response.status_code, response.json()) == (200, {'status': 'ok', 'redis': 'ok'})
+
+
+@pytest.mark.parametrize('method, path', [
+    ('GET', '/nothing/here'), ('GET', '/api/workflow/bar/start'),
+    ('DELETE', '/api/workflows')])
+def test_unknown_routes_and_methods_answer_json(cameron, method, path):
+    response = requests.request(method, cameron.base + path, timeout=5)
+    assert_json_error(response, 405 if path != '/nothing/here' else 404)
+
+
+@pytest.fixture
+def cameron_without_redis(step_service):
+    """A Cameron whose Redis is a closed port: every store call fails to connect."""
+    client = redis.Redis(port=free_port(), decode_responses=True, retry=Retry(NoBackoff(), 0))
+    catalogue = parse_catalogue(
+        f'workflows: {{bar: {{start_point_url: "{step_service.url("/s")}"}}}}', 'test',
+        {'step_timeout': 1, 'retries': 0, 'max_steps': 10})
+    cameron = Cameron(assemble(Config(), catalogue, client), client, 'cameron')
+    yield cameron
+    cameron.stop()
+
+
+@pytest.mark.parametrize('method, path', [
+    ('POST', '/api/workflow/bar/start'), ('GET', '/api/workflows'),
+    ('GET', '/api/workflow/bar/ticket/0123456789abcdef0123456789abcdef')])
+def test_redis_gone_is_503_json(cameron_without_redis, method, path):
+    response = requests.request(method, cameron_without_redis.base + path,
+                                json={'key': 'k'}, timeout=5)
+    assert_json_error(response, 503)
+    assert 'Traceback' not in response.text
+
+
+def test_health_is_503_without_redis(cameron_without_redis):
+    response = requests.get(f'{cameron_without_redis.base}/api/health', timeout=5)
+    assert response.status_code == 503
+    assert response.json()['redis'] == 'unreachable'

@@ -1,0 +1,112 @@
+"""The Redis layout, checked with the literal key and field names an operator would read
+with redis-cli, on a real Redis and on fakeredis."""
+
+import pytest
+
+from cameron.store import Store, timestamp
+
+from .conftest import keys_of
+
+WORKFLOW = 'bar'
+TICKET = '3bd73a7731e5efca25b5ef05e3f79af9'
+
+
+@pytest.fixture
+def store(redis_client, namespace):
+    # A clock that moves one second per reading makes every recorded time predictable.
+    ticks = iter(range(1_800_000_000, 1_900_000_000))
+    return Store(redis_client, namespace, ticket_ttl=3600, clock=lambda: next(ticks))
+
+
+def test_timestamp_is_iso_utc_with_milliseconds():
+    assert timestamp(1_800_000_000.1234) == '2027-01-15T08:00:00.123Z'
+
+
+def test_push_ticket_creates_the_hash_and_queues_it(store, redis_client, namespace):
+    store.push_ticket(WORKFLOW, TICKET, '007', {'any': 'json'})
+    ticket_key = f'{namespace}:workflow:bar:ticket:{TICKET}'
+    queue_key = f'{namespace}:workflow:bar:queue:incoming'
+    assert keys_of(redis_client, namespace) == sorted([ticket_key, queue_key])
+    assert redis_client.lrange(queue_key, 0, -1) == [TICKET]
+    assert redis_client.hgetall(ticket_key) == {
+        'payload.key': '007', 'payload.data': '{"any": "json"}',
+        'status.current': 'enqueued', 'status.enqueued.time': '2027-01-15T08:00:00.000Z'}
+
+
+def test_take_tickets_moves_oldest_first_into_the_processing_list(store, redis_client, namespace):
+    for ticket in ('t1', 't2', 't3'):
+        store.push_ticket(WORKFLOW, ticket, 'k', None)
+    taken = store.take_tickets([WORKFLOW, WORKFLOW], 'proc-a')
+    assert taken == [(WORKFLOW, 't1'), (WORKFLOW, 't2')]
+    assert redis_client.lrange(f'{namespace}:workflow:bar:queue:incoming', 0, -1) == ['t3']
+    assert redis_client.lrange(f'{namespace}:workflow:bar:queue:processing:proc-a', 0, -1) \
+        == ['t2', 't1']
+    fields = redis_client.hgetall(f'{namespace}:workflow:bar:ticket:t1')
+    assert fields['status.current'] == 'dispatched'
+    assert 'status.dispatched.time' in fields
+
+
+def test_take_tickets_from_empty_queues_takes_nothing(store, redis_client, namespace):
+    assert store.take_tickets([WORKFLOW, 'zar'], 'proc-a') == []
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_record_step_encodes_structured_fields_as_json(store, redis_client, namespace):
+    store.push_ticket(WORKFLOW, TICKET, '007', None)
+    store.record_step(WORKFLOW, TICKET, '1-2', 'done', name='kar', url='http://x/1',
+                      parent='1', requestor='start', attempts=2, http_status=200,
+                      duration_ms=12.5, data={'a': [1]}, next=[{'name': 'n', 'url': 'http://y'}],
+                      parallel=False, error=None)
+    fields = redis_client.hgetall(f'{namespace}:workflow:bar:ticket:{TICKET}')
+    step = {k[len('step.1-2.'):]: v for k, v in fields.items() if k.startswith('step.1-2.')}
+    assert step == {
+        'name': 'kar', 'url': 'http://x/1', 'parent': '1', 'requestor': 'start',
+        'attempts': '2', 'http_status': '200', 'duration_ms': '12.5', 'data': '{"a": [1]}',
+        'next': '[{"name": "n", "url": "http://y"}]', 'parallel': 'false',
+        'status.current': 'done', 'status.done.time': '2027-01-15T08:00:01.000Z'}
+
+
+def test_read_ticket_returns_the_record_with_steps_in_numeric_id_order(store):
+    store.push_ticket(WORKFLOW, TICKET, '007', [1, 2])
+    for step_id in ('1', '1-10', '1-2', '1-2-1'):
+        store.record_step(WORKFLOW, TICKET, step_id, 'running', name=f's{step_id}')
+    store.record_step(WORKFLOW, TICKET, '1', 'done', data={'x': 1}, next=[], parallel=True,
+                      attempts=1, http_status=200, duration_ms=3.0)
+    record = store.read_ticket(WORKFLOW, TICKET)
+    assert record['workflow'] == WORKFLOW and record['ticket'] == TICKET
+    assert record['payload'] == {'key': '007', 'data': [1, 2]}
+    assert record['status'] == {'current': 'enqueued', 'enqueued': '2027-01-15T08:00:00.000Z'}
+    assert [s['id'] for s in record['steps']] == ['1', '1-2', '1-2-1', '1-10']
+    first = record['steps'][0]
+    assert first['status'] == {'current': 'done', 'running': '2027-01-15T08:00:01.000Z',
+                               'done': '2027-01-15T08:00:05.000Z'}
+    assert (first['data'], first['next'], first['parallel'], first['attempts']) \
+        == ({'x': 1}, [], True, 1)
+    assert record['steps'][1]['error'] is None and record['steps'][1]['parent'] is None
+
+
+def test_read_ticket_of_unknown_ticket_is_none(store):
+    assert store.read_ticket(WORKFLOW, TICKET) is None
+
+
+def test_finish_ticket_releases_it_and_starts_its_expiry(store, redis_client, namespace):
+    store.push_ticket(WORKFLOW, TICKET, 'k', None)
+    store.take_tickets([WORKFLOW], 'proc-a')
+    store.finish_ticket(WORKFLOW, TICKET, 'proc-a', 'error')
+    key = f'{namespace}:workflow:bar:ticket:{TICKET}'
+    assert redis_client.hget(key, 'status.current') == 'error'
+    assert 'status.error.time' in redis_client.hgetall(key)
+    assert 0 < redis_client.ttl(key) <= 3600
+    assert redis_client.exists(f'{namespace}:workflow:bar:queue:processing:proc-a') == 0
+
+
+def test_queue_lengths(store):
+    store.push_ticket(WORKFLOW, 't1', 'k', None)
+    store.push_ticket(WORKFLOW, 't2', 'k', None)
+    assert store.queue_lengths([WORKFLOW, 'zar']) == {WORKFLOW: 2, 'zar': 0}
+
+
+def test_payload_data_round_trips_any_json(store):
+    data = {'unicode': 'ção', 'nested': [None, True, 1.5, {'k': 'v'}]}
+    store.push_ticket(WORKFLOW, TICKET, 'k', data)
+    assert store.read_ticket(WORKFLOW, TICKET)['payload']['data'] == data
