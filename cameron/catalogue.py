@@ -13,6 +13,7 @@
 The term layout is recognised by its first non-blank character, `{`.
 """
 import dataclasses
+import math
 import re
 from urllib.parse import urlsplit
 
@@ -46,7 +47,8 @@ def load_catalogue(path, defaults):
 
 
 def parse_catalogue(text, path, defaults):
-    entries = _parse_terms(text, path) if text.lstrip().startswith('{') else _parse_yaml(text, path)
+    is_terms = re.sub(r'(?m)^\s*%.*$', '', text).lstrip().startswith('{')
+    entries = _parse_terms(text, path) if is_terms else _parse_yaml(text, path)
     catalogue = {}
     for name, options in entries:
         where = f'{path}: workflow {name!r}'
@@ -85,9 +87,11 @@ def _workflow(name, options, defaults, where):
 def _number(options, option, defaults, where, kind, above):
     value = options.get(option, defaults[option])
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or (kind is int and value != int(value)) or value <= above:
+            or not math.isfinite(value) or (kind is int and value != int(value)) \
+            or value <= above:
         lowest = 'above 0' if above == 0 else '0 or more'
-        raise CatalogueError(f'{where}: {option} must be a {kind.__name__} {lowest}')
+        kind_name = 'whole number' if kind is int else 'number'
+        raise CatalogueError(f'{where}: {option} must be a {kind_name} {lowest}')
     return kind(value)
 
 
@@ -103,14 +107,16 @@ def _parse_yaml(text, path):
 
 
 # The original layout: Erlang terms made of tuples {...}, lists [...], atoms and strings.
-_TOKEN = re.compile(r'\s*(?:(?P<punct>[{}\[\],])|"(?P<string>(?:[^"\\]|\\.)*)"'
+_TOKEN = re.compile(r'\s*(?:(?P<punct>[{}\[\],.])|"(?P<string>(?:[^"\\]|\\.)*)"'
                     r"|'(?P<quoted>(?:[^'\\]|\\.)*)'|(?P<number>-?\d+(?:\.\d+)?)"
                     r'|(?P<atom>[a-z][A-Za-z0-9_@.-]*)|(?P<comment>%[^\n]*))')
 
 
 def _parse_terms(text, path):
-    tokens = _tokenize(text.rstrip().removesuffix('.'), path)
+    tokens = _tokenize(text, path)
     term = _read_term(tokens, path)
+    if tokens == [('punct', '.')]:  # the full stop that ends a term is optional
+        tokens.pop()
     if tokens:
         raise CatalogueError(f'{path}: unexpected {tokens[0][1]!r} after the catalogue')
     if not (isinstance(term, tuple) and len(term) == 2 and term[0] == 'workflows'

@@ -134,7 +134,7 @@ def _convert(name, value, source):
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
-        kind = type(default).__name__
+        kind = {bool: 'boolean', int: 'whole number', float: 'number'}.get(type(default), 'text')
         raise ConfigError(f'{source}: {name} must be a {kind}, not {value!r}') from None
 
 
@@ -163,8 +163,8 @@ def _check(config, sources):
     for name in ('max_request_bytes', 'max_response_bytes', 'step_timeout', 'max_steps',
                  'max_running_tickets', 'max_outgoing_requests', 'redis_connections',
                  'poll_interval', 'ticket_ttl'):
-        if getattr(config, name) <= 0:
+        if not getattr(config, name) > 0:  # NaN too
             fail(name, 'must be above 0')
     for name in ('retries', 'retry_backoff', 'drain_timeout'):
-        if getattr(config, name) < 0:
+        if not getattr(config, name) >= 0:
             fail(name, 'must not be below 0')

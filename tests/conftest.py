@@ -8,6 +8,7 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
 
 import fakeredis  # noqa: E402
@@ -106,13 +107,22 @@ class StepService:
     def paths(self):
         return [r.path for r in self.received]
 
+    def most_at_once(self):
+        """The most requests this service was answering at the same time."""
+        events = sorted([(r.started, 1) for r in self.received]
+                        + [(r.finished, -1) for r in self.received if r.finished])
+        at_once = most = 0
+        for _, change in events:
+            at_once += change
+            most = max(most, at_once)
+        return most
+
     def _wsgi(self, environ, start_response):
-        hub = gevent.get_hub()
         raw = environ['wsgi.input'].read()
         headers = {k[5:].replace('_', '-').title(): v for k, v in environ.items()
                    if k.startswith('HTTP_')}
         received = Received(environ['PATH_INFO'], json.loads(raw) if raw else None, headers,
-                            hub.loop.now())
+                            time.monotonic())
         self.received.append(received)
         route = self.routes.get(received.path)
         reply = route(received) if callable(route) else route
@@ -125,7 +135,7 @@ class StepService:
         start_response(f'{reply.status} X', [('Content-Length', str(len(body))), *reply.headers])
         if reply.trickle:
             return self._trickle(body, reply.trickle, received)
-        received.finished = hub.loop.now()
+        received.finished = time.monotonic()
         return [body]
 
     @staticmethod

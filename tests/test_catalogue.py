@@ -1,4 +1,4 @@
-"""catalogue: conf/workflows.yaml and the original Erlang-term layout, into Workflow objects."""
+"""catalogue: conf/workflows.yaml and the original Erlang-term layout into Workflow objects."""
 import pathlib
 
 import pytest
@@ -101,15 +101,11 @@ def test_term_layout_empty():
     assert parse_catalogue('{workflows, []}.', 'cat.erl', DEFAULTS) == {}
 
 
-@pytest.mark.xfail(reason='the layout is told by a leading "{", so a term file that opens '
-                          'with a "%" comment line is read as YAML and refused', strict=True)
 def test_term_layout_opening_with_a_comment_line():
     assert parse_catalogue('% the catalogue\n' + SEED + '.\n', 'cat.erl', DEFAULTS) == \
         {'bar': BAR, 'zar': ZAR}
 
 
-@pytest.mark.xfail(reason='the trailing "." is only stripped when it is the last character, '
-                          'so a comment after it makes the file unreadable', strict=True)
 def test_term_layout_comment_after_the_final_dot():
     assert parse_catalogue(SEED + '.\n% end of catalogue\n', 'cat.erl', DEFAULTS) == \
         {'bar': BAR, 'zar': ZAR}
@@ -139,22 +135,24 @@ URL = 'start_point_url: "http://foo.com/{key}"'
      ["workflow 'bar'", 'start_point_url must be an http or https URL']),
     (yaml_workflow('bar', URL, 'timeout: 5'), ["workflow 'bar'", "unknown option 'timeout'"]),
     (yaml_workflow('a b', URL), ["workflow 'a b'", 'a name may hold only']),
-    (yaml_workflow('bar', URL, 'retries: -1'), ["workflow 'bar'", 'retries must be', 'int 0 or more']),
-    (yaml_workflow('bar', URL, 'retries: 1.5'), ["workflow 'bar'", 'retries must be', 'int']),
+    (yaml_workflow('bar', URL, 'retries: -1'),
+     ["workflow 'bar'", 'retries must be', 'whole number 0 or more']),
+    (yaml_workflow('bar', URL, 'retries: 1.5'), ["workflow 'bar'", 'retries must be a whole number']),
     (yaml_workflow('bar', URL, 'step_timeout: 0'),
-     ["workflow 'bar'", 'step_timeout must be a float above 0']),
-    (yaml_workflow('bar', URL, 'max_steps: true'), ["workflow 'bar'", 'max_steps must be', 'int']),
+     ["workflow 'bar'", 'step_timeout must be a number above 0']),
+    (yaml_workflow('bar', URL, 'max_steps: true'), ["workflow 'bar'", 'max_steps must be a whole number']),
     (yaml_workflow('bar', URL, 'allowed_hosts: foo.com'),
      ["workflow 'bar'", 'allowed_hosts must be a list of host names']),
     (yaml_workflow('bar', URL, 'allowed_hosts: [other.com]'),
      ["workflow 'bar'", 'start_point_url is not on allowed_hosts']),
-    ('workflows:\n  bar: "http://foo.com/"\n', ["workflow 'bar'", 'expected a mapping of options']),
+    ('workflows:\n  bar: "http://foo.com/"\n',
+     ["workflow 'bar'", 'expected a mapping of options']),
     ('{workflows, [{workflow, {name, bar}, {start_point_url, "ftp://a.com/"}}]}',
      ["workflow 'bar'", 'start_point_url must be an http or https URL']),
     ('{workflows, [{workflow, {name, bar}, {start_point_url, "http://a.com/"}, {tries, 1}}]}',
      ["workflow 'bar'", "unknown option 'tries'"]),
     ('{workflows, [{workflow, {name, bar}, {start_point_url, "http://a.com/"}, {retries, -1}}]}',
-     ["workflow 'bar'", 'retries must be', 'int 0 or more']),
+     ["workflow 'bar'", 'retries must be', 'whole number 0 or more']),
     ('{workflows, [{workflow, {name, bar}, {start_point_url, "http://a.com/"},'
      ' {allowed_hosts, "a.com"}}]}', ["workflow 'bar'", 'allowed_hosts must be a list']),
     ('{workflows, [{workflow, {name, \'a b\'}, {start_point_url, "http://a.com/"}}]}',
@@ -172,8 +170,6 @@ def test_error_names_file_workflow_and_problem(text, fragments):
         assert fragment in message
 
 
-@pytest.mark.xfail(reason='int(inf) raises OverflowError instead of a CatalogueError',
-                   strict=True)
 def test_infinite_max_steps_is_a_catalogue_error():
     with pytest.raises(CatalogueError):
         parse_catalogue(yaml_workflow('bar', URL, 'max_steps: .inf'), 'cat.yaml', DEFAULTS)
@@ -183,7 +179,7 @@ def test_infinite_max_steps_is_a_catalogue_error():
 
 def test_load_catalogue_reads_the_file(tmp_path):
     path = tmp_path / 'workflows.yaml'
-    path.write_text(yaml_workflow('bar', 'start_point_url: "http://foo.com/workflow/bar/start/{key}"'))
+    path.write_text(yaml_workflow('bar', f'start_point_url: "{BAR.start_point_url}"'))
     assert load_catalogue(str(path), DEFAULTS) == {'bar': BAR}
 
 

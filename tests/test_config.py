@@ -1,6 +1,7 @@
 """config.load_config: defaults, then the YAML file, then CAMERON_* variables, then flags."""
 import dataclasses
 import pathlib
+import re
 
 import pytest
 
@@ -149,18 +150,18 @@ def test_yaml_values_are_converted_to_field_types(tmp_path):
 # --- errors name their source -----------------------------------------------------------
 
 # 'FILE' stands for the settings file's path. Each case: file text, variables, flags,
-# what the message starts with, and what else it must say.
+# what the message starts with, and a pattern for what else it must say.
 ERRORS = [
     ('colour: red\n', {}, [], 'FILE', "unknown setting 'colour'"),
-    ('port: [1]\n', {}, [], 'FILE', 'port must be a int'),
-    ('demo: maybe\n', {}, [], 'FILE', 'demo must be a bool'),
+    ('port: [1]\n', {}, [], 'FILE', 'port must be a whole number'),
+    ('demo: maybe\n', {}, [], 'FILE', 'demo must be a boolean'),
     ('- port\n- host\n', {}, [], 'FILE', 'expected a mapping'),
     ('port: [\n', {}, [], 'FILE', 'cannot read it'),
-    ('', {'CAMERON_PORT': 'eighty'}, [], 'CAMERON_PORT', "port must be a int, not 'eighty'"),
-    ('', {'CAMERON_DEMO': 'maybe'}, [], 'CAMERON_DEMO', 'demo must be a bool'),
+    ('', {'CAMERON_PORT': 'eighty'}, [], 'CAMERON_PORT', "port must be a whole number, not 'eighty'"),
+    ('', {'CAMERON_DEMO': 'maybe'}, [], 'CAMERON_DEMO', 'demo must be a boolean'),
     ('', {'CAMERON_STEP_TIMEOUT': 'soon'}, [], 'CAMERON_STEP_TIMEOUT', 'step_timeout'),
-    ('', {}, ['--max-steps', 'many'], '--max-steps', "max_steps must be a int, not 'many'"),
-    ('', {}, ['--retry-backoff', 'x'], '--retry-backoff', 'retry_backoff must be a float'),
+    ('', {}, ['--max-steps', 'many'], '--max-steps', "max_steps must be a whole number, not 'many'"),
+    ('', {}, ['--retry-backoff', 'x'], '--retry-backoff', 'retry_backoff must be a number'),
     ('', {}, ['--port', '70000'], '--port', 'port must be between 0 and 65535'),
     ('port: 70000\n', {}, [], 'FILE', 'port must be between 0 and 65535'),
     ('', {'CAMERON_MAX_RUNNING_TICKETS': '0'}, [], 'CAMERON_MAX_RUNNING_TICKETS',
@@ -180,7 +181,7 @@ def test_error_names_its_source(tmp_path, text, env, flags, source, problem):
         load_config(flags, {'CAMERON_CONFIG': str(path), **env})
     named = str(path) if source == 'FILE' else source
     assert str(raised.value).startswith(named + ': ')
-    assert problem in str(raised.value)
+    assert re.search(problem, str(raised.value))
 
 
 @pytest.mark.parametrize('how', ['flag', 'variable'])
@@ -192,8 +193,6 @@ def test_explicit_config_that_does_not_exist(tmp_path, how):
     assert str(raised.value) == f'{missing}: no such file'
 
 
-@pytest.mark.xfail(reason='nan passes the "<= 0" range check, so step_timeout becomes nan',
-                   strict=True)
 def test_nan_step_timeout_is_refused():
     with pytest.raises(ConfigError):
         load_config(['--step-timeout', 'nan'], {})
