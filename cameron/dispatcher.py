@@ -5,6 +5,7 @@ in-process event that the API sets when it starts a ticket (the original's "noti
 looks at the queues every poll_interval anyway, for tickets started through other
 processes. It never spins on an empty queue.
 """
+import collections
 import contextlib
 import logging
 
@@ -29,6 +30,7 @@ class Dispatcher:
         self.tickets = gevent.pool.Pool(max_running_tickets)
         self._names = sorted(catalogue)
         self._next_name = 0
+        self._appetite = {}  # workflow -> tickets to ask for next time
         self._wake = gevent.event.Event()
         self._stopping = False
         self._loop = None
@@ -46,13 +48,30 @@ class Dispatcher:
         room = min(self.tickets.free_count(), BATCH)
         if not room or not self._names:
             return 0
-        names = [self._names[(self._next_name + i) % len(self._names)] for i in range(room)]
-        self._next_name = (self._next_name + room) % len(self._names)
-        taken = self.store.take_tickets(names, self.process)
+        taken = self.store.take_tickets(self._asks(room), self.process)
+        self._learn(taken)
         for workflow, ticket in taken:
             log.info('ticket %s/%s: dispatched', workflow, ticket)
             self.tickets.spawn(self._run_ticket, workflow, ticket)
         return len(taken)
+
+    def _asks(self, room):
+        """Workflow names to take a ticket from, one entry per ticket asked for, starting
+        with a different workflow each time so that a busy one cannot starve the others."""
+        start = self._next_name
+        self._next_name = (start + 1) % len(self._names)
+        asks = []
+        for name in self._names[start:] + self._names[:start]:
+            asks += [name] * self._appetite.get(name, 1)
+        return asks[:room]
+
+    def _learn(self, taken):
+        """A workflow whose queue gave all that was asked is asked for twice as many next
+        time; an idle one for one, so that idle looks cost one LMOVE per workflow."""
+        got = collections.Counter(workflow for workflow, _ in taken)
+        for name in self._names:
+            asked = self._appetite.get(name, 1)
+            self._appetite[name] = min(asked * 2, BATCH) if got[name] >= asked else 1
 
     def join(self, timeout=None):
         """Wait until no ticket runs here; True if that happened within timeout."""

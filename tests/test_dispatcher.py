@@ -1,0 +1,88 @@
+"""Taking tickets: bounded concurrency, tickets from other processes, and stopping."""
+import fakeredis
+import gevent
+import pytest
+import requests
+
+from cameron.store import Store
+
+from .conftest import Reply
+
+
+def slow_start(step_service, delay=0.3):
+    step_service.routes.update({f'/start/k{i}': Reply(body={}, delay=delay) for i in range(8)})
+    return {'w': {'start_point_url': step_service.url('/start/{key}'), 'retries': 0}}
+
+
+def wait_for_all(cameron, tickets, timeout=10):
+    for ticket in tickets:
+        record = requests.get(f'{cameron.base}/api/workflow/w/ticket/{ticket}?wait={timeout}',
+                              timeout=timeout + 5).json()
+        assert record['status']['current'] == 'done', record
+
+
+def test_at_most_max_running_tickets_run_and_the_rest_wait_in_redis(make_cameron, step_service,
+                                                                     redis_client, namespace):
+    cameron = make_cameron(slow_start(step_service), max_running_tickets=2)
+    tickets = [cameron.start('w', key=f'k{i}').json()['ticket'] for i in range(6)]
+    gevent.sleep(0.1)
+    assert len(cameron.dispatcher.tickets) == 2
+    assert redis_client.llen(f'{namespace}:workflow:w:queue:incoming') == 4
+    wait_for_all(cameron, tickets)
+    assert step_service.most_at_once() == 2 and len(step_service.received) == 6
+
+
+def test_at_most_max_outgoing_requests_are_in_flight(make_cameron, step_service):
+    step_service.routes['/start/k1'] = {'next': [
+        {'name': f'c{i}', 'url': step_service.url(f'/c{i}')} for i in range(6)]}
+    step_service.routes.update({f'/c{i}': Reply(body={}, delay=0.2) for i in range(6)})
+    cameron = make_cameron({'w': {'start_point_url': step_service.url('/start/{key}')}},
+                           max_outgoing_requests=3)
+    assert cameron.run('w')['status']['current'] == 'done'
+    assert step_service.most_at_once() == 3 and len(step_service.received) == 7
+
+
+def test_a_ticket_queued_by_another_process_is_taken_within_poll_interval(
+        make_cameron, step_service, redis_client, namespace):
+    cameron = make_cameron(slow_start(step_service, delay=0), poll_interval=0.2)
+    gevent.sleep(0.3)  # the dispatcher is asleep on an empty queue
+    # Another process queues a ticket: this one gets no in-process notice.
+    Store(redis_client, namespace, ticket_ttl=60).push_ticket(
+        'w', 'aa' * 16, 'k1', None)
+    with gevent.Timeout(2):
+        wait_for_all(cameron, ['aa' * 16], timeout=2)
+
+
+def test_stop_lets_running_tickets_finish(make_cameron, step_service, redis_client, namespace):
+    cameron = make_cameron(slow_start(step_service, delay=0.5))
+    ticket = cameron.start('w', key='k1').json()['ticket']
+    gevent.sleep(0.1)
+    assert cameron.dispatcher.stop(timeout=5) is True
+    key = f'{namespace}:workflow:w:ticket:{ticket}'
+    assert redis_client.hget(key, 'status.current') == 'done'
+
+
+def test_stop_after_drain_timeout_leaves_the_ticket_in_the_processing_list(
+        make_cameron, step_service, redis_client, namespace):
+    cameron = make_cameron(slow_start(step_service, delay=3))
+    ticket = cameron.start('w', key='k1').json()['ticket']
+    gevent.sleep(0.1)
+    assert cameron.dispatcher.stop(timeout=0.2) is False
+    processing = f'{namespace}:workflow:w:queue:processing:{cameron.parts.process}'
+    assert redis_client.lrange(processing, 0, -1) == [ticket]
+    assert redis_client.hget(f'{namespace}:workflow:w:ticket:{ticket}', 'status.current') \
+        == 'running'
+
+
+def test_an_idle_dispatcher_does_not_spin(make_cameron, step_service, redis_client):
+    if isinstance(redis_client, fakeredis.FakeRedis):
+        pytest.skip("Redis's own command counters show how often the dispatcher looks")
+    make_cameron(slow_start(step_service), poll_interval=0.25)
+    gevent.sleep(0.1)
+    before = _lmove_calls(redis_client)
+    gevent.sleep(1.0)
+    assert _lmove_calls(redis_client) - before <= 10
+
+
+def _lmove_calls(client):
+    return client.info('commandstats').get('cmdstat_lmove', {}).get('calls', 0)
