@@ -7,6 +7,7 @@
         retries: 2
         max_steps: 1000
         allowed_hosts: [foo.com]
+        deadline: 300             # optional: seconds from start after which no step is called
 
     {workflows, [{workflow, {name, bar}, {start_point_url, "http://..."}}]}.
 
@@ -22,7 +23,7 @@ import yaml
 from .errors import CatalogueError
 
 NAME_PATTERN = re.compile(r'[A-Za-z0-9_.-]+')
-OPTIONS = ('start_point_url', 'step_timeout', 'retries', 'max_steps', 'allowed_hosts')
+OPTIONS = ('start_point_url', 'step_timeout', 'retries', 'max_steps', 'allowed_hosts', 'deadline')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Workflow:
     retries: int
     max_steps: int
     allowed_hosts: tuple = None  # None: any host
+    deadline: float = math.inf  # seconds from start after which no step is called
 
 
 def load_catalogue(path, defaults):
@@ -81,11 +83,14 @@ def _workflow(name, options, defaults, where):
         name=name, start_point_url=url, allowed_hosts=hosts,
         step_timeout=_number(options, 'step_timeout', defaults, where, float, 0),
         retries=_number(options, 'retries', defaults, where, int, -1),
-        max_steps=_number(options, 'max_steps', defaults, where, int, 0))
+        max_steps=_number(options, 'max_steps', defaults, where, int, 0),
+        deadline=_number(options, 'deadline', {'deadline': math.inf}, where, float, 0))
 
 
 def _number(options, option, defaults, where, kind, above):
-    value = options.get(option, defaults[option])
+    if option not in options:
+        return kind(defaults[option])
+    value = options[option]
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or (kind is int and value != int(value)) \
             or value <= above:

@@ -6,6 +6,7 @@ one line naming where it came from.
 """
 import argparse
 import dataclasses
+import math
 import os
 import re
 
@@ -42,8 +43,15 @@ class Config:
     redis_connections: int = _setting(200, 'most connections to Redis at once')
     poll_interval: float = _setting(1.0, 'seconds between looks at the queues when idle, '
                                          'for tickets started through other processes')
+    max_fanout: int = _setting(100, 'most next steps one step answer may name')
     drain_timeout: float = _setting(30.0, 'seconds running tickets get to finish on SIGTERM')
     ticket_ttl: int = _setting(7 * 24 * 3600, 'seconds a finished ticket is kept')
+    heartbeat_ttl: float = _setting(15.0, 'seconds a process counts as alive after its last '
+                                          'heartbeat; a dead one is recovered within twice that')
+    process_id: str = _setting(None, 'this process in Redis; unset: host:port, which a '
+                                     'restart on the same port keeps')
+    api_tokens: tuple = _setting((), 'comma-separated bearer tokens; when set, every /api/ '
+                                     'route but health needs one')
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -117,8 +125,13 @@ def _read_file(path, required):
 def _convert(name, value, source):
     """Turn a value from YAML (typed) or from a variable or flag (text) into the field's type."""
     default = FIELDS[name].default
-    if default is None:  # the Redis URL: text, and empty means unset
+    if default is None:  # optional text: empty means unset
         return str(value) if value not in (None, '') else None
+    if isinstance(default, tuple):  # a YAML list, or text separated by commas
+        items = value.split(',') if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f'{source}: {name} must be a list of text')
+        return tuple(i.strip() for i in items if i.strip())
     try:
         if isinstance(default, bool):
             return _to_bool(value)
@@ -158,13 +171,15 @@ def _check(config, sources):
         fail('port', 'must be between 0 and 65535')
     if not re.fullmatch(r'[A-Za-z0-9_.-]+', config.namespace):
         fail('namespace', 'may hold only letters, digits, _ . and -')
+    if config.process_id is not None and not re.fullmatch(r'[A-Za-z0-9_.:-]+', config.process_id):
+        fail('process_id', 'may hold only letters, digits, _ . : and -')
     if config.log_level not in LOG_LEVELS:
         fail('log_level', f'must be one of {", ".join(LOG_LEVELS)}')
     for name in ('max_request_bytes', 'max_response_bytes', 'step_timeout', 'max_steps',
                  'max_running_tickets', 'max_outgoing_requests', 'redis_connections',
-                 'poll_interval', 'ticket_ttl'):
-        if not getattr(config, name) > 0:  # NaN too
-            fail(name, 'must be above 0')
+                 'poll_interval', 'max_fanout', 'ticket_ttl', 'heartbeat_ttl'):
+        if not 0 < getattr(config, name) < math.inf:  # NaN fails too
+            fail(name, 'must be above 0 and finite')
     for name in ('retries', 'retry_backoff', 'drain_timeout'):
-        if not getattr(config, name) >= 0:
-            fail(name, 'must not be below 0')
+        if not 0 <= getattr(config, name) < math.inf:
+            fail(name, 'must be 0 or more and finite')

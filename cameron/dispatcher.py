@@ -35,6 +35,7 @@ class Dispatcher:
         self._stopping = False
         self._loop = None
         self._watchers = {}  # ticket -> set of Events set when it ends here
+        self._running = {}  # (workflow, ticket) -> its greenlet
 
     def start(self):
         self._loop = gevent.spawn(self._run_loop)
@@ -51,9 +52,25 @@ class Dispatcher:
         taken = self.store.take_tickets(self._asks(room), self.process)
         self._learn(taken)
         for workflow, ticket in taken:
+            if (workflow, ticket) in self._running:
+                # Put back by a peer that took this process for dead, and taken again here.
+                self.store.drop_ticket(workflow, ticket, self.process)
+                continue
             log.info('ticket %s/%s: dispatched', workflow, ticket)
-            self.tickets.spawn(self._run_ticket, workflow, ticket)
+            greenlet = self.tickets.spawn(self._run_ticket, workflow, ticket)
+            self._running[workflow, ticket] = greenlet
+            # A link, not a finally: it also runs for a greenlet killed before it started.
+            greenlet.link(lambda _, key=(workflow, ticket): self._running.pop(key, None))
         return len(taken)
+
+    def fence(self):
+        """Stop running the tickets that are no longer in this process's processing lists:
+        a peer took this process for dead and put them back, so another may run them."""
+        for (workflow, ticket), greenlet in list(self._running.items()):
+            if not self.store.holds_ticket(workflow, ticket, self.process):
+                log.warning('ticket %s/%s: taken back from this process; stopped here',
+                            workflow, ticket)
+                greenlet.kill(block=False)
 
     def _asks(self, room):
         """Workflow names to take a ticket from, one entry per ticket asked for, starting
@@ -134,8 +151,11 @@ class Dispatcher:
         try:
             self.worker.run_ticket(self.catalogue[workflow], ticket)
         except Exception:
-            # The ticket stays in this process's processing list, to be resumed.
-            log.exception('ticket %s/%s: stopped by an unexpected error', workflow, ticket)
+            # A fault of Cameron's own: end the ticket rather than leave it held here for
+            # ever; resuming it would most likely meet the same fault again.
+            log.exception('ticket %s/%s: unexpected error; the ticket ends in error',
+                          workflow, ticket)
+            self.store.finish_ticket(workflow, ticket, self.process, 'error')
         finally:
             for event in self._watchers.get(ticket, ()):
                 event.set()

@@ -19,6 +19,7 @@ from .catalogue import load_catalogue
 from .config import load_config
 from .dispatcher import Dispatcher
 from .errors import ConfigError, CatalogueError, StoreUnavailable
+from .recovery import Liveness
 from .stepclient import StepClient
 from .store import Store
 from .worker import Worker
@@ -76,9 +77,10 @@ def connect_redis(config):
 
 @dataclasses.dataclass
 class Parts:
-    """A Cameron assembled but not yet started: the WSGI app and the dispatcher behind it."""
+    """A Cameron assembled but not yet started: the WSGI app and what runs behind it."""
     app: object
     dispatcher: Dispatcher
+    liveness: Liveness
     steps: StepClient
     process: str
 
@@ -88,34 +90,48 @@ def assemble(config, catalogue, client, process=None):
     store = Store(client, config.namespace, config.ticket_ttl)
     steps = StepClient(config.max_outgoing_requests, config.max_response_bytes,
                        config.retry_backoff)
-    dispatcher = Dispatcher(store, Worker(store, steps, process), catalogue, process,
-                            config.max_running_tickets, config.poll_interval)
+    worker = Worker(store, steps, process, config.max_fanout)
+    dispatcher = Dispatcher(store, worker, catalogue, process, config.max_running_tickets,
+                            config.poll_interval)
+    liveness = Liveness(store, process, catalogue, config.heartbeat_ttl,
+                        on_requeued=dispatcher.notify, on_presumed_dead=dispatcher.fence)
     app = make_app(config, catalogue, store, dispatcher)
     if config.demo:
         app.mount('/demo/', demo.make_app())
-    return Parts(app, dispatcher, steps, process)
+    return Parts(app, dispatcher, liveness, steps, process)
 
 
 def serve(config, catalogue, client):
-    parts = assemble(config, catalogue, client)
-    server = WSGIServer((config.host, config.port), parts.app, log=None,
-                        error_log=logging.getLogger('cameron.http'))
+    # Listen first: the port is part of the default process id, and holding it proves that
+    # no live process has that id, so what an earlier one left can be taken back at once.
+    try:
+        listener = socket.create_server((config.host, config.port), backlog=2048)
+    except OSError as e:
+        log.error('cannot listen on %s:%s: %s', config.host, config.port, e.strerror)
+        return 1
+    port = listener.getsockname()[1]
+    parts = assemble(config, catalogue, client, config.process_id or f'{socket.gethostname()}:{port}')
+    server = WSGIServer(listener, parts.app, log=None, error_log=logging.getLogger('cameron.http'))
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     try:
-        server.start()
-    except OSError as e:
-        log.error('cannot listen on %s:%s: %s', config.host, config.port, e.strerror)
+        parts.liveness.start()
+    except StoreUnavailable as e:
+        log.error('cannot start: %s', e)
         return 1
     parts.dispatcher.start()
+    server.start()
     log.info('cameron %s listening on http://%s:%d (process %s, namespace %s, %d workflows)',
-             __version__, config.host, server.server_port, parts.process, config.namespace,
-             len(catalogue))
+             __version__, config.host, port, parts.process, config.namespace, len(catalogue))
     stop.wait()
     log.info('stopping: no new requests; running tickets get %ss to finish', config.drain_timeout)
     server.stop(timeout=1)
-    parts.dispatcher.stop(config.drain_timeout)
+    finished = parts.dispatcher.stop(config.drain_timeout)
+    try:
+        parts.liveness.stop(clean=finished)
+    except StoreUnavailable as e:
+        log.warning('could not leave the process registry: %s', e)
     parts.steps.close()
     log.info('stopped')
     return 0

@@ -3,6 +3,7 @@ deadline per attempt, a cap on answer size, and retries with backoff."""
 import dataclasses
 import json
 import logging
+import math
 import time
 
 import gevent
@@ -41,21 +42,25 @@ class StepClient:
     def close(self):
         self._session.close()
 
-    def call(self, url, request, ticket, step_id, timeout, retries):
-        """POST request (a dict) to url, retrying connection errors, timeouts, 5xx and 429."""
+    def call(self, url, request, ticket, step_id, timeout, retries, budget=math.inf):
+        """POST request (a dict) to url, retrying connection errors, timeouts, 5xx and 429.
+        timeout bounds each attempt; budget, if given, all of them with the pauses between."""
         payload = json.dumps(request).encode()
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             headers = protocol.step_headers(ticket, step_id, attempt)
-            result, retry_after = self._attempt(url, payload, headers, timeout)
+            left = budget - (time.monotonic() - started)
+            result, retry_after = self._attempt(url, payload, headers, min(timeout, left))
             if not self._should_retry(result) or attempt > retries:
                 break
-            delay = protocol.retry_delay(attempt, self.retry_backoff, retry_after)
+            delay = min(protocol.retry_delay(attempt, self.retry_backoff, retry_after), timeout)
+            if delay >= budget - (time.monotonic() - started):
+                break
             log.info('ticket %s step %s: attempt %d failed (%s), retrying in %.2fs',
-                     ticket, step_id, attempt, result.error['message'], min(delay, timeout))
-            self._sleep(min(delay, timeout))
+                     ticket, step_id, attempt, result.error['message'], delay)
+            self._sleep(delay)
         result.attempts = attempt
         result.duration_ms = round((time.monotonic() - started) * 1000, 3)
         return result
@@ -83,9 +88,9 @@ class StepClient:
             except gevent.Timeout as e:
                 if e is not deadline:
                     raise
-                return _failed('timeout', f'no answer within {timeout}s'), None
+                return _failed('timeout', f'no answer within {timeout:g}s'), None
             except requests.Timeout as e:
-                return _failed('timeout', f'no answer within {timeout}s ({type(e).__name__})'), None
+                return _failed('timeout', f'no answer within {timeout:g}s ({type(e).__name__})'), None
             except requests.RequestException as e:
                 return _failed('connection', f'{type(e).__name__}: {_reason(e)}'), None
             finally:

@@ -1,9 +1,12 @@
 """The Redis layout (SPEC §3) and every Redis command Cameron sends.
 
-    key                                              type  holds
-    {ns}:workflow:{name}:queue:incoming              list  tickets waiting; LPUSH in, taken from the right
-    {ns}:workflow:{name}:queue:processing:{process}  list  tickets a process has taken and not ended
-    {ns}:workflow:{name}:ticket:{ticket}             hash  the ticket's whole record
+    key                                              type    holds
+    {ns}:workflow:{name}:queue:incoming              list    tickets waiting; LPUSH in, taken from the right
+    {ns}:workflow:{name}:queue:processing:{process}  list    tickets a process has taken and not ended
+    {ns}:workflow:{name}:ticket:{ticket}             hash    the ticket's whole record
+    {ns}:workflow:{name}:idempotency:{key}           string  the ticket a start with this Idempotency-Key made
+    {ns}:processes                                   hash    process id -> the workflows it takes from
+    {ns}:process:{process}:heartbeat                 string  present while the process lives (TTL)
 
 Ticket hash fields: payload.key, payload.data (JSON), status.current, status.{state}.time,
 and for each step step.{id}.{field}: name, url, parent, requestor, answer_name,
@@ -43,6 +46,18 @@ def ticket_key(ns, workflow, ticket):
     return f'{ns}:workflow:{workflow}:ticket:{ticket}'
 
 
+def idempotency_key(ns, workflow, key):
+    return f'{ns}:workflow:{workflow}:idempotency:{key}'
+
+
+def processes_key(ns):
+    return f'{ns}:processes'
+
+
+def heartbeat_key(ns, process):
+    return f'{ns}:process:{process}:heartbeat'
+
+
 def _unavailable_on_redis_errors(method):
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
@@ -75,14 +90,33 @@ class Store:
         self.redis.ping()
 
     @_unavailable_on_redis_errors
-    def push_ticket(self, workflow, ticket, key, data):
-        """Create the ticket's hash and queue it, in one transaction."""
+    def push_ticket(self, workflow, ticket, key, data, idempotency=None):
+        """Create the ticket's hash and queue it, in one transaction. With an idempotency key
+        seen before (within ticket_ttl), create nothing and return the earlier ticket."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(ticket_key(self.ns, workflow, ticket), mapping={
-                'payload.key': key, 'payload.data': json.dumps(data),
-                **self._status('enqueued')})
-            pipe.lpush(incoming_key(self.ns, workflow), ticket)
-            pipe.execute()
+            if idempotency is None:
+                self._queue_new(pipe, workflow, ticket, key, data)
+                pipe.execute()
+                return ticket
+            guard = idempotency_key(self.ns, workflow, idempotency)
+            while True:
+                try:
+                    pipe.watch(guard)  # two starts with one key: one EXEC wins, one sees it
+                    earlier = pipe.get(guard)
+                    if earlier is not None:
+                        return earlier
+                    pipe.multi()
+                    pipe.set(guard, ticket, ex=self.ticket_ttl)
+                    self._queue_new(pipe, workflow, ticket, key, data)
+                    pipe.execute()
+                    return ticket
+                except redis.WatchError:
+                    continue
+
+    def _queue_new(self, pipe, workflow, ticket, key, data):
+        pipe.hset(ticket_key(self.ns, workflow, ticket), mapping={
+            'payload.key': key, 'payload.data': json.dumps(data), **self._status('enqueued')})
+        pipe.lpush(incoming_key(self.ns, workflow), ticket)
 
     @_unavailable_on_redis_errors
     def take_tickets(self, workflows, process):
@@ -135,15 +169,62 @@ class Store:
         return _decode_ticket(workflow, ticket, fields)
 
     @_unavailable_on_redis_errors
-    def read_status(self, workflow, ticket):
-        return self.redis.hget(ticket_key(self.ns, workflow, ticket), 'status.current')
-
-    @_unavailable_on_redis_errors
     def queue_lengths(self, workflows):
         with self.redis.pipeline(transaction=False) as pipe:
             for workflow in workflows:
                 pipe.llen(incoming_key(self.ns, workflow))
             return dict(zip(workflows, pipe.execute()))
+
+
+    # -- Processes: heartbeats, and putting back what a dead one had taken --------------
+
+    @_unavailable_on_redis_errors
+    def beat(self, process, workflows, ttl):
+        """Register the process and renew its heartbeat. False if the heartbeat had
+        lapsed: others may have taken this process for dead and put its tickets back."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(heartbeat_key(self.ns, process), timestamp(self._clock()),
+                     px=int(ttl * 1000), get=True)
+            pipe.hset(processes_key(self.ns), process, json.dumps(sorted(workflows)))
+            previous, _ = pipe.execute()
+        return previous is not None
+
+    @_unavailable_on_redis_errors
+    def processes(self):
+        """{process: (workflows, alive)} for every registered process."""
+        registry = self.redis.hgetall(processes_key(self.ns))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for process in registry:
+                pipe.exists(heartbeat_key(self.ns, process))
+            alive = pipe.execute()
+        return {process: (json.loads(workflows), bool(up))
+                for (process, workflows), up in zip(registry.items(), alive)}
+
+    @_unavailable_on_redis_errors
+    def requeue_tickets(self, process, workflows):
+        """Move every ticket in the process's processing lists back to the taking end of
+        its incoming queue, oldest taken first. Returns [(workflow, ticket)] moved."""
+        moved = []
+        for workflow in workflows:
+            source = processing_key(self.ns, workflow, process)
+            while True:
+                # LMOVE one at a time: each ticket moves once even if two processes recover.
+                ticket = self.redis.lmove(source, incoming_key(self.ns, workflow), 'LEFT', 'RIGHT')
+                if ticket is None:
+                    break
+                moved.append((workflow, ticket))
+        return moved
+
+    @_unavailable_on_redis_errors
+    def forget_process(self, process):
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(processes_key(self.ns), process)
+            pipe.delete(heartbeat_key(self.ns, process))
+            pipe.execute()
+
+    @_unavailable_on_redis_errors
+    def holds_ticket(self, workflow, ticket, process):
+        return self.redis.lpos(processing_key(self.ns, workflow, process), ticket) is not None
 
 
 def _encode(name, value):

@@ -7,13 +7,18 @@ process that died) is resumed: steps recorded done are not called again, their r
 next steps are followed.
 """
 import dataclasses
+import datetime
 import logging
+import math
+import time
 
 import gevent
 
 from . import protocol
-from .errors import InvalidAnswer
+from .errors import InvalidAnswer, StoreUnavailable
 from .store import FINISHED
+
+MAX_STORE_BACKOFF = 5.0  # seconds between tries of a Redis that does not answer
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +40,18 @@ class _TicketRun:
     ticket: str
     key: str
     recorded: dict  # step id -> step record, from an earlier run of this ticket
+    deadline: float = math.inf  # epoch seconds after which no step is called
     steps: int = 0  # steps counted against workflow.max_steps
     failed: bool = False
 
 
 class Worker:
-    def __init__(self, store, client, process):
-        self.store = store
+    def __init__(self, store, client, process, max_fanout, clock=time.time, sleep=gevent.sleep):
+        self.store = _Persistent(store, sleep)
         self.client = client
         self.process = process
+        self.max_fanout = max_fanout
+        self._clock = clock
 
     def run_ticket(self, workflow, ticket):
         """Run the ticket to its end; returns its final state, or None if it has no record."""
@@ -54,6 +62,7 @@ class Worker:
             return None
         key = record['payload']['key']
         run = _TicketRun(workflow, ticket, key, {s['id']: s for s in record['steps']})
+        run.deadline = _epoch(record['status']['enqueued']) + workflow.deadline
         if record['status']['current'] not in FINISHED:
             self.store.mark_ticket(workflow.name, ticket, 'running')
             log.info('ticket %s/%s: running', workflow.name, ticket)
@@ -72,6 +81,11 @@ class Worker:
         else:
             answer = self._call_step(run, call)
         if answer is None or not answer.next:
+            return
+        if len(answer.next) > self.max_fanout:
+            self._fail(run, call, protocol.step_error(
+                'limit', f'{len(answer.next)} next steps are more than max_fanout '
+                         f'({self.max_fanout}); none were run'))
             return
         if run.steps + len(answer.next) > run.workflow.max_steps:
             self._fail(run, call, protocol.step_error(
@@ -99,10 +113,16 @@ class Worker:
         workflow = run.workflow
         self.store.record_step(workflow.name, run.ticket, call.id, 'running', name=call.name,
                                url=call.url, parent=call.parent, requestor=call.requestor)
+        left = run.deadline - self._clock()
+        if left <= 0:
+            self._fail(run, call, protocol.step_error(
+                'timeout', f'the ticket deadline ({workflow.deadline:g}s) passed before '
+                           'this step was called'))
+            return None
         request = protocol.step_request(run.key, call.data, run.ticket, workflow.name, call.id,
                                         call.requestor)
         result = self.client.call(call.url, request, run.ticket, call.id,
-                                  workflow.step_timeout, workflow.retries)
+                                  workflow.step_timeout, workflow.retries, budget=left)
         outcome = dict(attempts=result.attempts, http_status=result.http_status,
                        duration_ms=result.duration_ms)
         if result.error is None:
@@ -127,6 +147,33 @@ class Worker:
                                **outcome)
         log.warning('ticket %s/%s step %s (%s): %s: %s', run.workflow.name, run.ticket,
                     call.id, call.name, error['type'], error['message'])
+
+
+class _Persistent:
+    """The store, with each call tried again, with backoff, while Redis is unavailable: a
+    ticket waits for Redis to come back rather than lose the record of a step."""
+
+    def __init__(self, store, sleep):
+        self._store = store
+        self._sleep = sleep
+
+    def __getattr__(self, name):
+        method = getattr(self._store, name)
+
+        def call(*args, **kwargs):
+            delay = 0.1
+            while True:
+                try:
+                    return method(*args, **kwargs)
+                except StoreUnavailable as e:
+                    log.debug('%s: %s; again in %.1fs', name, e, delay)
+                    self._sleep(delay)
+                    delay = min(delay * 2, MAX_STORE_BACKOFF)
+        return call
+
+
+def _epoch(iso_time):
+    return datetime.datetime.fromisoformat(iso_time).timestamp()
 
 
 def _recorded_answer(run, step):

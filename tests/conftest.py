@@ -61,7 +61,8 @@ def namespace(redis_client):
 
 
 def keys_of(client, ns):
-    return sorted(client.scan_iter(f'{ns}:*'))
+    """The workflow keys (queues, tickets) under ns: what a start writes."""
+    return sorted(client.scan_iter(f'{ns}:workflow:*'))
 
 
 def free_port():
@@ -155,14 +156,17 @@ def step_service():
 class Cameron:
     """Cameron assembled as bin/cameron-server assembles it, its API on a free port."""
 
-    def __init__(self, parts, client, namespace):
+    def __init__(self, parts, client, namespace, heartbeat=True):
         self.parts = parts
+        self.heartbeat = heartbeat  # off for a Redis that is not there
         self.dispatcher = parts.dispatcher
         self.redis = client
         self.ns = namespace
         self.server = WSGIServer(('127.0.0.1', 0), parts.app, log=None, error_log=None)
         self.server.start()
         self.base = f'http://127.0.0.1:{self.server.server_port}'
+        if heartbeat:
+            parts.liveness.start()
         self.dispatcher.start()
 
     def start(self, workflow, key='k1', data=None, **kwargs):
@@ -183,7 +187,9 @@ class Cameron:
 
     def stop(self):
         self.server.stop(timeout=1)
-        self.dispatcher.stop(timeout=5)
+        finished = self.dispatcher.stop(timeout=5)
+        if self.heartbeat:
+            self.parts.liveness.stop(clean=finished)
         self.parts.steps.close()
 
 

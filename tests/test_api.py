@@ -160,7 +160,7 @@ def cameron_without_redis(step_service):
     catalogue = parse_catalogue(
         f'workflows: {{bar: {{start_point_url: "{step_service.url("/s")}"}}}}', 'test',
         {'step_timeout': 1, 'retries': 0, 'max_steps': 10})
-    cameron = Cameron(assemble(Config(), catalogue, client), client, 'cameron')
+    cameron = Cameron(assemble(Config(), catalogue, client), client, 'cameron', heartbeat=False)
     yield cameron
     cameron.stop()
 

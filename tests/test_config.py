@@ -169,7 +169,7 @@ ERRORS = [
     ('log_level: verbose\n', {}, [], 'FILE', 'log_level must be one of debug, info'),
     ('', {}, ['--namespace', 'a b'], '--namespace', 'namespace may hold only'),
     ('', {'CAMERON_NAMESPACE': 'a:b'}, [], 'CAMERON_NAMESPACE', 'namespace may hold only'),
-    ('', {'CAMERON_RETRIES': '-1'}, [], 'CAMERON_RETRIES', 'retries must not be below 0'),
+    ('', {'CAMERON_RETRIES': '-1'}, [], 'CAMERON_RETRIES', 'retries must be 0 or more'),
     ('step_timeout: 0\n', {}, [], 'FILE', 'step_timeout must be above 0'),
 ]
 
