@@ -1,5 +1,6 @@
 """The HTTP API (SPEC §2): JSON in, JSON out, and every error a JSON object."""
 import functools
+import hmac
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ from .store import FINISHED
 log = logging.getLogger(__name__)
 MAX_KEY_LENGTH = 1024
 MAX_WAIT = 60.0
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _TICKET_PATTERN = re.compile(r'[0-9a-f]{32}')
 _WAIT_SLICE = 0.5  # seconds between looks at a ticket that runs in another process
 
@@ -21,6 +23,8 @@ _WAIT_SLICE = 0.5  # seconds between looks at a ticket that runs in another proc
 def make_app(config, catalogue, store, dispatcher):
     app = bottle.Bottle()
     app.install(_json_errors)
+    if config.api_tokens:
+        app.install(_bearer_token_required(config.api_tokens))
     app.default_error_handler = _render_error
 
     def workflow_or_404(name):
@@ -32,13 +36,16 @@ def make_app(config, catalogue, store, dispatcher):
     def start(name):
         workflow_or_404(name)
         key, data = _read_start_request(config.max_request_bytes)
-        ticket = uuid.uuid4().hex
-        store.push_ticket(name, ticket, key, data)
-        dispatcher.notify()
-        log.info('ticket %s/%s: enqueued, key %r', name, ticket, key)
+        new = uuid.uuid4().hex
+        ticket = store.push_ticket(name, new, key, data, _idempotency_key())
         location = f'/api/workflow/{name}/ticket/{ticket}'
-        bottle.response.status = 201
         bottle.response.set_header('Location', location)
+        if ticket == new:
+            dispatcher.notify()
+            log.info('ticket %s/%s: enqueued, key %r', name, ticket, key)
+            bottle.response.status = 201
+        else:
+            log.info('ticket %s/%s: started before with this Idempotency-Key', name, ticket)
         return {'workflow': name, 'ticket': ticket, 'status': 'enqueued', 'location': location}
 
     @app.get('/api/workflow/<name>/ticket/<ticket>')
@@ -99,6 +106,14 @@ def _read_start_request(limit):
     return key, request.get('data')
 
 
+def _idempotency_key():
+    key = bottle.request.get_header('Idempotency-Key')
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise bottle.HTTPError(
+            400, f'Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters')
+    return key
+
+
 def _wait_seconds(value):
     if value is None:
         return 0.0
@@ -125,6 +140,26 @@ def _json_errors(callback):
             log.exception('%s %s: unexpected error', bottle.request.method, bottle.request.path)
             raise bottle.HTTPError(500, 'internal error') from e
     return wrapper
+
+
+def _bearer_token_required(tokens):
+    """Route plugin: every route but health needs Authorization: Bearer <one of tokens>."""
+    expected = [token.encode() for token in tokens]
+
+    def plugin(callback):
+        @functools.wraps(callback)
+        def wrapper(*args, **kwargs):
+            if bottle.request.path != '/api/health':
+                scheme, _, given = bottle.request.get_header('Authorization', '').partition(' ')
+                # compare_digest with every token: the time taken tells nothing of them.
+                matches = [hmac.compare_digest(given.strip().encode(), t) for t in expected]
+                if scheme.lower() != 'bearer' or not any(matches):
+                    raise bottle.HTTPError(401, 'this needs an Authorization: Bearer <token> '
+                                                'header with a valid token',
+                                           **{'WWW-Authenticate': 'Bearer'})
+            return callback(*args, **kwargs)
+        return wrapper
+    return plugin
 
 
 def _render_error(error):
