@@ -88,9 +88,9 @@ class StepClient:
             except gevent.Timeout as e:
                 if e is not deadline:
                     raise
-                return _failed('timeout', f'no answer within {timeout:g}s'), None
+                return _failed('timeout', f'no answer within {timeout:.3g}s'), None
             except requests.Timeout as e:
-                return _failed('timeout', f'no answer within {timeout:g}s ({type(e).__name__})'), None
+                return _failed('timeout', f'no answer within {timeout:.3g}s ({type(e).__name__})'), None
             except requests.RequestException as e:
                 return _failed('connection', f'{type(e).__name__}: {_reason(e)}'), None
             finally:

@@ -179,3 +179,74 @@ def test_health_is_503_without_redis(cameron_without_redis):
     response = requests.get(f'{cameron_without_redis.base}/api/health', timeout=5)
     assert response.status_code == 503
     assert response.json()['redis'] == 'unreachable'
+
+
+# -- Idempotent start ---------------------------------------------------------------------
+
+def test_a_repeated_idempotency_key_returns_the_first_ticket(cameron, redis_client, namespace):
+    headers = {'Idempotency-Key': 'order-77'}
+    first = post(cameron, '/api/workflow/bar/start', {'key': 'k1'}, headers=headers)
+    again = post(cameron, '/api/workflow/bar/start', {'key': 'other'}, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert again.headers['Location'] == first.headers['Location']
+    tickets = [k for k in keys_of(redis_client, namespace) if ':ticket:' in k]
+    assert len(tickets) == 1
+
+
+def test_an_idempotency_key_is_per_workflow(make_cameron, step_service):
+    url = step_service.url('/start/{key}')
+    cameron = make_cameron({'bar': {'start_point_url': url}, 'zar': {'start_point_url': url}})
+    headers = {'Idempotency-Key': 'same'}
+    tickets = {cameron.start(w, headers=headers).json()['ticket'] for w in ('bar', 'zar')}
+    assert len(tickets) == 2
+
+
+def test_concurrent_starts_with_one_idempotency_key_make_one_ticket(cameron):
+    import gevent
+    starts = [gevent.spawn(post, cameron, '/api/workflow/bar/start', {'key': 'k1'},
+                           headers={'Idempotency-Key': 'race'}) for _ in range(10)]
+    gevent.joinall(starts)
+    answers = [g.value for g in starts]
+    assert sorted(a.status_code for a in answers) == [200] * 9 + [201]
+    assert len({a.json()['ticket'] for a in answers}) == 1
+
+
+def test_an_overlong_idempotency_key_is_400(cameron, redis_client, namespace):
+    response = post(cameron, '/api/workflow/bar/start', {'key': 'k1'},
+                    headers={'Idempotency-Key': 'x' * 256})
+    assert_json_error(response, 400)
+    assert keys_of(redis_client, namespace) == []
+
+
+# -- API tokens ---------------------------------------------------------------------------
+
+@pytest.fixture
+def guarded(make_cameron, step_service):
+    step_service.routes['/start/k1'] = STEP
+    return make_cameron({'bar': {'start_point_url': step_service.url('/start/{key}')}},
+                        api_tokens=('s3cret', 'other'))
+
+
+@pytest.mark.parametrize('authorization', [None, 'Bearer wrong', 's3cret', 'Basic s3cret',
+                                           'Bearer ', 'Bearer s3cret-and-more'])
+def test_without_a_valid_token_the_api_answers_401(guarded, redis_client, namespace,
+                                                   authorization):
+    headers = {'Authorization': authorization} if authorization else {}
+    for method, path in [('POST', '/api/workflow/bar/start'), ('GET', '/api/workflows'),
+                         ('GET', '/api/workflow/bar/ticket/0123456789abcdef0123456789abcdef')]:
+        response = requests.request(method, guarded.base + path, json={'key': 'k1'},
+                                    headers=headers, timeout=5)
+        assert_json_error(response, 401)
+        assert response.headers['WWW-Authenticate'] == 'Bearer'
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_with_a_valid_token_the_api_answers(guarded):
+    for token in ('s3cret', 'other'):
+        response = guarded.start('bar', headers={'Authorization': f'Bearer {token}'})
+        assert response.status_code == 201
+
+
+def test_health_needs_no_token(guarded):
+    assert requests.get(f'{guarded.base}/api/health', timeout=5).status_code == 200

@@ -265,3 +265,40 @@ def test_a_looping_workflow_stops_at_max_steps(make_cameron, svc):
     assert len(record['steps']) == 5 and len(svc.received) == 5
     assert record['steps'][-1]['error']['type'] == 'limit'
     assert record['status']['current'] == 'error'
+
+
+# -- Limits --------------------------------------------------------------------------------
+
+def test_more_next_steps_than_max_fanout_is_a_limit_error(make_cameron, svc):
+    svc.routes['/start/k1'] = answer('start', *[(f's{i}', svc.url(f'/s{i}')) for i in range(3)])
+    record = make_cameron({'w': workflow(svc)}, max_fanout=2).run('w')
+    assert record['steps'][0]['error']['type'] == 'limit' and len(record['steps']) == 1
+    assert svc.paths() == ['/start/k1']
+
+
+def test_the_ticket_deadline_bounds_a_step_call(make_cameron, svc):
+    svc.routes['/start/k1'] = Reply(body={}, delay=3)
+    record = make_cameron({'w': workflow(svc, deadline=0.5)}).run('w')
+    step = record['steps'][0]
+    assert step['error']['type'] == 'timeout' and step['duration_ms'] < 1500
+
+
+def test_no_step_is_called_after_the_ticket_deadline(make_cameron, svc):
+    svc.routes['/start/k1'] = answer('start', ('slow', svc.url('/slow')),
+                                     ('late', svc.url('/late')), parallel='no')
+    svc.routes['/slow'] = Reply(body={}, delay=2)
+    svc.routes['/late'] = {}
+    record = make_cameron({'w': workflow(svc, deadline=0.5, step_timeout=5)}).run('w')
+    steps = steps_by_id(record)
+    assert steps['1']['status']['current'] == 'done'
+    assert steps['1-1']['error']['type'] == 'timeout'  # cut at the deadline
+    assert steps['1-2']['error']['type'] == 'timeout'
+    assert 'deadline' in steps['1-2']['error']['message']
+    assert svc.paths() == ['/start/k1', '/slow'] and record['status']['current'] == 'error'
+
+
+def test_retries_stop_at_the_ticket_deadline(make_cameron, svc):
+    svc.routes['/start/k1'] = Reply(500)
+    record = make_cameron({'w': workflow(svc, retries=50, deadline=0.6)},
+                          retry_backoff=0.1).run('w')
+    assert 2 <= record['steps'][0]['attempts'] < 10
