@@ -4,10 +4,15 @@ from gevent import monkey
 
 monkey.patch_all()  # the test entry point patches first, as bin/cameron-server does
 
+import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import pathlib  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 
@@ -97,6 +102,7 @@ class StepService:
 
     def __init__(self):
         self.routes = {}
+        self.default = None  # a function of the Received request, for paths not in routes
         self.received = []
         self.server = WSGIServer(('127.0.0.1', 0), self._wsgi, log=None, error_log=None)
         self.server.start()
@@ -107,6 +113,11 @@ class StepService:
 
     def paths(self):
         return [r.path for r in self.received]
+
+    def calls(self):
+        """How many times each (ticket, step id) was called."""
+        return collections.Counter((r.headers.get('X-Cameron-Ticket'), r.headers.get('X-Cameron-Step'))
+                                   for r in self.received)
 
     def most_at_once(self):
         """The most requests this service was answering at the same time."""
@@ -125,7 +136,7 @@ class StepService:
         received = Received(environ['PATH_INFO'], json.loads(raw) if raw else None, headers,
                             time.monotonic())
         self.received.append(received)
-        route = self.routes.get(received.path)
+        route = self.routes.get(received.path, self.default)
         reply = route(received) if callable(route) else route
         if reply is None:
             reply = Reply(404, b'no such route')
@@ -151,6 +162,73 @@ def step_service():
     service = StepService()
     yield service
     service.server.stop(timeout=1)
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SERVER = [sys.executable, str(ROOT / 'bin' / 'cameron-server')]
+
+
+class ServerProcess:
+    """bin/cameron-server as a real process on a free port, stderr to a log file."""
+
+    def __init__(self, tmp_path, catalogue, *args, port=None):
+        self.port = port or free_port()
+        self.base = f'http://127.0.0.1:{self.port}'
+        name = f'server-{self.port}-{uuid.uuid4().hex[:4]}'
+        workflows = tmp_path / f'{name}.yaml'
+        workflows.write_text(catalogue if isinstance(catalogue, str)
+                             else yaml.safe_dump({'workflows': catalogue}))
+        self.log = tmp_path / f'{name}.log'
+        with open(self.log, 'w') as log:
+            self.process = subprocess.Popen(
+                SERVER + ['--port', str(self.port), '--workflows', str(workflows), *args],
+                stderr=log, cwd=ROOT)
+        self._wait_until_up()
+
+    def _wait_until_up(self):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                requests.get(f'{self.base}/api/health', timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError(f'the server did not start: {self.log.read_text()}')
+
+    def start(self, workflow, key):
+        started = requests.post(f'{self.base}/api/workflow/{workflow}/start',
+                                data=json.dumps({'key': key}), timeout=5)
+        assert started.status_code == 201, started.text
+        return started.json()['ticket']
+
+    def record(self, workflow, ticket, wait=15):
+        return requests.get(f'{self.base}/api/workflow/{workflow}/ticket/{ticket}?wait={wait}',
+                            timeout=wait + 5).json()
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout=40):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """servers(catalogue, *flags, port=None) -> a running ServerProcess; all killed after."""
+    started = []
+
+    def start(catalogue, *args, port=None):
+        started.append(ServerProcess(tmp_path, catalogue, *args, port=port))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.kill()
 
 
 class Cameron:
