@@ -8,8 +8,10 @@ import time
 import uuid
 
 import bottle
+import gevent
 
 from .errors import StoreUnavailable
+from .protocol import is_text, loads
 from .store import FINISHED
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def make_app(config, catalogue, store, dispatcher):
     @app.post('/api/workflow/<name>/start')
     def start(name):
         workflow_or_404(name)
-        key, data = _read_start_request(config.max_request_bytes)
+        key, data = _read_start_request(config.max_request_bytes, config.body_timeout)
         new = uuid.uuid4().hex
         ticket = store.push_ticket(name, new, key, data, _idempotency_key())
         location = f'/api/workflow/{name}/ticket/{ticket}'
@@ -59,7 +61,8 @@ def make_app(config, catalogue, store, dispatcher):
             record = store.read_ticket(name, ticket)
             while record and record['status'].get('current') not in FINISHED \
                     and time.monotonic() < deadline:
-                ended_here.wait(min(_WAIT_SLICE, deadline - time.monotonic()))
+                if ended_here.wait(min(_WAIT_SLICE, deadline - time.monotonic())):
+                    ended_here.clear()  # it ended here yet not finished: killed; poll on
                 record = store.read_ticket(name, ticket)
         if record is None:
             raise bottle.HTTPError(404, f'unknown ticket {ticket!r} of workflow {name!r}')
@@ -83,27 +86,42 @@ def make_app(config, catalogue, store, dispatcher):
     return app
 
 
-def _read_start_request(limit):
-    """(key, data) from the request body; HTTPError 400 or 413 says what is wrong."""
-    if (bottle.request.content_length or 0) > limit:
-        raise bottle.HTTPError(413, f'the body is larger than {limit} bytes')
-    body = bottle.request.environ['wsgi.input'].read(limit + 1)
-    if len(body) > limit:
-        raise bottle.HTTPError(413, f'the body is larger than {limit} bytes')
-    try:
-        request = json.loads(body)
-    except ValueError:
-        raise bottle.HTTPError(400, 'the body is not JSON') from None
+def _read_start_request(limit, timeout):
+    """(key, data) from the request body; HTTPError 400, 408 or 413 says what is wrong."""
+    request = _read_json_body(limit, timeout)
     if not isinstance(request, dict):
         raise bottle.HTTPError(400, 'the body is not a JSON object')
     key = request.get('key')
-    if isinstance(key, (int, float)) and not isinstance(key, bool):
+    if isinstance(key, int) and not isinstance(key, bool):
         key = str(key)
-    if not isinstance(key, str):
+    elif isinstance(key, float) and key.is_integer():
+        key = str(int(key))  # 1e3 is the key "1000", as a client would mean it
+    elif isinstance(key, float):
+        key = repr(key)
+    if not isinstance(key, str) or not is_text(key):
         raise bottle.HTTPError(400, '"key" is required: a string or a number')
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise bottle.HTTPError(400, f'"key" must have 1 to {MAX_KEY_LENGTH} characters')
     return key, request.get('data')
+
+
+def _read_json_body(limit, timeout):
+    if (bottle.request.content_length or 0) > limit:
+        raise bottle.HTTPError(413, f'the body is larger than {limit} bytes')
+    try:
+        # A client that sends less than it announced must not hold this greenlet for ever.
+        with gevent.Timeout(timeout):
+            body = bottle.request.environ['wsgi.input'].read(limit + 1)
+    except gevent.Timeout:
+        raise bottle.HTTPError(408, f'the body did not arrive within {timeout:g}s') from None
+    except (OSError, ValueError):  # e.g. a malformed chunked body
+        raise bottle.HTTPError(400, 'the body could not be read') from None
+    if len(body) > limit:
+        raise bottle.HTTPError(413, f'the body is larger than {limit} bytes')
+    try:
+        return loads(body)
+    except ValueError as e:
+        raise bottle.HTTPError(400, f'the body is not JSON: {e}') from None
 
 
 def _idempotency_key():

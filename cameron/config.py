@@ -34,6 +34,8 @@ class Config:
     demo: bool = _setting(False, 'serve the example step service under /demo/')
     max_request_bytes: int = _setting(MIB, 'largest start request body; larger: 413')
     max_response_bytes: int = _setting(MIB, 'largest step answer; larger fails the step')
+    body_timeout: float = _setting(30.0, 'seconds a client has to send a request body; '
+                                         'slower: 408')
     step_timeout: float = _setting(10.0, 'seconds for one step call, default per workflow')
     retries: int = _setting(2, 'extra attempts on connection error, timeout, 5xx or 429')
     retry_backoff: float = _setting(0.2, 'seconds before the first retry; doubles each time')
@@ -177,7 +179,7 @@ def _check(config, sources):
         fail('log_level', f'must be one of {", ".join(LOG_LEVELS)}')
     for name in ('max_request_bytes', 'max_response_bytes', 'step_timeout', 'max_steps',
                  'max_running_tickets', 'max_outgoing_requests', 'redis_connections',
-                 'poll_interval', 'max_fanout', 'ticket_ttl', 'heartbeat_ttl'):
+                 'poll_interval', 'max_fanout', 'ticket_ttl', 'heartbeat_ttl', 'body_timeout'):
         if not 0 < getattr(config, name) < math.inf:  # NaN fails too
             fail(name, 'must be above 0 and finite')
     for name in ('retries', 'retry_backoff', 'drain_timeout'):

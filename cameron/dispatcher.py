@@ -53,8 +53,8 @@ class Dispatcher:
         self._learn(taken)
         for workflow, ticket in taken:
             if (workflow, ticket) in self._running:
-                # Put back by a peer that took this process for dead, and taken again here.
-                self.store.drop_ticket(workflow, ticket, self.process)
+                # Put back by a peer that took this process for dead, and taken again here:
+                # it runs here already, and this copy in the processing list holds it again.
                 continue
             log.info('ticket %s/%s: dispatched', workflow, ticket)
             greenlet = self.tickets.spawn(self._run_ticket, workflow, ticket)
@@ -89,10 +89,6 @@ class Dispatcher:
         for name in self._names:
             asked = self._appetite.get(name, 1)
             self._appetite[name] = min(asked * 2, BATCH) if got[name] >= asked else 1
-
-    def join(self, timeout=None):
-        """Wait until no ticket runs here; True if that happened within timeout."""
-        return self.tickets.join(timeout=timeout)
 
     def stop(self, timeout):
         """Take no more tickets, give the running ones timeout seconds, then kill the rest

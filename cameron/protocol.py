@@ -2,6 +2,7 @@
 the answer, the URL rules and step ids. No I/O here, so every rule is unit-testable."""
 import dataclasses
 import json
+import math
 import random
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -25,6 +26,36 @@ class Answer:
     parallel: bool = True
 
 
+def loads(body):
+    """JSON as Cameron takes it in: ValueError for what is not JSON, and also for NaN and
+    infinite numbers (they could not be written out as JSON again) and for nesting deeper
+    than the parser can follow."""
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError('nested too deeply') from None
+
+
+def _refuse_constant(name):
+    raise ValueError(f'{name} is not a JSON number')
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f'{text} is too large a number')
+    return value
+
+
+def is_text(value):
+    """True for a string that can be written out as UTF-8 (JSON admits lone surrogates)."""
+    try:
+        value.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def step_error(kind, message, http_status=None, body=b''):
     """The error object a failed step records (SPEC §4.5)."""
     return {'type': kind, 'message': message, 'http_status': http_status,
@@ -45,12 +76,16 @@ def step_headers(ticket, step_id, attempt):
 def expand_url(template, key, base=None, allowed_hosts=None):
     """template with {key} replaced by the URL-encoded key, resolved against base when
     relative; InvalidAnswer unless it is http(s) and, if a list is given, on allowed_hosts."""
-    url = template.replace('{key}', quote(key, safe=''))
-    if base:
-        url = urljoin(base, url)
-    parts = urlsplit(url)
-    if parts.scheme not in ('http', 'https') or not parts.hostname:
-        raise InvalidAnswer(f'{url!r} is not an http or https URL')
+    try:
+        url = template.replace('{key}', quote(key, safe=''))
+        if base:
+            url = urljoin(base, url)
+        parts = urlsplit(url)
+        valid = parts.scheme in ('http', 'https') and parts.hostname and is_text(url)
+    except ValueError:  # urlsplit's word for a malformed host, such as "[oops"
+        valid = False
+    if not valid:
+        raise InvalidAnswer(f'{template!r} is not an http or https URL')
     if allowed_hosts is not None and parts.hostname not in allowed_hosts:
         raise InvalidAnswer(f'{parts.hostname!r} is not on allowed_hosts')
     return url
@@ -61,13 +96,13 @@ def parse_answer(body, step_url, key, allowed_hosts=None):
     if not body.strip():
         return Answer()
     try:
-        answer = json.loads(body)
-    except ValueError:
-        raise InvalidAnswer('the answer is not JSON') from None
+        answer = loads(body)
+    except ValueError as e:
+        raise InvalidAnswer(f'the answer is not JSON: {e}') from None
     if not isinstance(answer, dict):
         raise InvalidAnswer('the answer is not a JSON object')
     name = answer.get('name')
-    if name is not None and not isinstance(name, str):
+    if name is not None and not (isinstance(name, str) and is_text(name)):
         raise InvalidAnswer('"name" is not a string')
     next_steps = answer.get('next')
     if next_steps is None and isinstance(answer.get('next_activities'), dict):
@@ -85,7 +120,7 @@ def _parse_next(next_steps, step_url, key, allowed_hosts):
     parsed = []
     for i, entry in enumerate(next_steps, 1):
         if not (isinstance(entry, dict) and isinstance(entry.get('name'), str)
-                and isinstance(entry.get('url'), str)):
+                and is_text(entry['name']) and isinstance(entry.get('url'), str)):
             raise InvalidAnswer(f'next step {i} is not an object with a string name and url')
         try:
             url = expand_url(entry['url'], key, step_url, allowed_hosts)
@@ -108,7 +143,8 @@ def is_retryable(http_status):
 
 
 def retry_delay(attempt, backoff, retry_after=None, rng=random.random):
-    """Seconds to wait before attempt + 1: exponential with full jitter, or the step
+    """Seconds to wait before attempt + 1: exponential, with "equal jitter" (half fixed,
+    half random, so that retries spread out but never come at once), or the step
     service's own Retry-After when it gave one."""
     if retry_after is not None:
         return retry_after

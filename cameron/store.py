@@ -149,8 +149,12 @@ class Store:
 
     @_unavailable_on_redis_errors
     def drop_ticket(self, workflow, ticket, process):
-        """Release a taken ticket that has no record (expired or deleted) to run."""
-        self.redis.lrem(processing_key(self.ns, workflow, process), 1, ticket)
+        """Release a taken ticket that has no record to run (it expired or was deleted
+        while queued), with the stub that marking it dispatched made."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(processing_key(self.ns, workflow, process), 1, ticket)
+            pipe.delete(ticket_key(self.ns, workflow, ticket))
+            pipe.execute()
 
     @_unavailable_on_redis_errors
     def record_step(self, workflow, ticket, step_id, state, **fields):

@@ -41,7 +41,8 @@ class _TicketRun:
     key: str
     recorded: dict  # step id -> step record, from an earlier run of this ticket
     deadline: float = math.inf  # epoch seconds after which no step is called
-    steps: int = 0  # steps counted against workflow.max_steps
+    steps: int = 1  # steps counted against workflow.max_steps: the start step, and every
+    # step named in an answer as soon as the answer is read, started or not
     failed: bool = False
 
 
@@ -56,7 +57,7 @@ class Worker:
     def run_ticket(self, workflow, ticket):
         """Run the ticket to its end; returns its final state, or None if it has no record."""
         record = self.store.read_ticket(workflow.name, ticket)
-        if record is None:
+        if record is None or record['payload']['key'] is None:
             log.warning('ticket %s/%s: no record (expired or deleted), dropped', workflow.name, ticket)
             self.store.drop_ticket(workflow.name, ticket, self.process)
             return None
@@ -74,7 +75,6 @@ class Worker:
         return state
 
     def _run_step(self, run, call):
-        run.steps += 1
         recorded = run.recorded.get(call.id)
         if recorded and recorded['status']['current'] in FINISHED:
             answer = _recorded_answer(run, recorded)
@@ -92,6 +92,7 @@ class Worker:
                 'limit', f'{len(answer.next)} next steps would pass max_steps '
                          f'({run.workflow.max_steps}); none were run'))
             return
+        run.steps += len(answer.next)
         children = [_Call(protocol.child_step_id(call.id, i), step.name, step.url, answer.data,
                           parent=call.id, requestor=call.name)
                     for i, step in enumerate(answer.next, 1)]
@@ -104,9 +105,12 @@ class Worker:
     def _run_parallel(self, run, children):
         greenlets = [gevent.spawn(self._run_step, run, child) for child in children]
         try:
-            gevent.joinall(greenlets, raise_error=True)
+            gevent.joinall(greenlets)  # all of them, even if one branch raised
         finally:
-            gevent.killall(greenlets)  # siblings of a branch that raised stop with it
+            gevent.killall(greenlets)  # only if this ticket itself is being killed
+        for greenlet in greenlets:
+            if greenlet.exception is not None:
+                raise greenlet.exception
 
     def _call_step(self, run, call):
         """Call the step and record the outcome; the Answer, or None if the step failed."""

@@ -85,6 +85,7 @@ class Reply:
     headers: tuple = ()
     delay: float = 0.0  # seconds before answering
     trickle: float = 0.0  # seconds between single bytes of the body
+    chunked: bool = False  # no Content-Length: the body in chunks of 1 KiB
 
 
 @dataclasses.dataclass
@@ -144,9 +145,12 @@ class StepService:
             reply = Reply(body=reply)
         gevent.sleep(reply.delay)
         body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-        start_response(f'{reply.status} X', [('Content-Length', str(len(body))), *reply.headers])
+        length = [] if reply.chunked else [('Content-Length', str(len(body)))]
+        start_response(f'{reply.status} X', [*length, *reply.headers])
         if reply.trickle:
             return self._trickle(body, reply.trickle, received)
+        if reply.chunked:
+            return [body[i:i + 1024] for i in range(0, len(body), 1024)]
         received.finished = time.monotonic()
         return [body]
 

@@ -1,5 +1,6 @@
 """The HTTP API over real HTTP: status codes, JSON errors, and nothing written on bad input."""
 import json
+import socket
 
 import pytest
 import redis
@@ -250,3 +251,39 @@ def test_with_a_valid_token_the_api_answers(guarded):
 
 def test_health_needs_no_token(guarded):
     assert requests.get(f'{guarded.base}/api/health', timeout=5).status_code == 200
+
+
+# -- Bodies that are JSON only in part ----------------------------------------------------
+
+@pytest.mark.parametrize('body', [
+    b'{"key": NaN}', b'{"key": 1e400}', b'{"key": "k", "data": [Infinity]}',
+    b'{"key": "\\ud800"}', b'{"key": "k"} trailing', b'\xff\xfe'])
+def test_bodies_json_cannot_carry_through_are_400(cameron, redis_client, namespace, body):
+    assert_json_error(post(cameron, '/api/workflow/bar/start', body), 400)
+    assert keys_of(redis_client, namespace) == []
+
+
+def test_a_body_nested_too_deeply_is_400(make_cameron, step_service, redis_client, namespace):
+    cameron = make_cameron({'bar': {'start_point_url': step_service.url('/s')}})
+    body = b'{"key": "k", "data": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
+    assert_json_error(post(cameron, '/api/workflow/bar/start', body), 400)
+    assert keys_of(redis_client, namespace) == []
+
+
+@pytest.mark.parametrize('key, taken_as', [(1e3, '1000'), (-7, '-7'), (2.5, '2.5')])
+def test_number_keys(cameron, key, taken_as):
+    ticket = post(cameron, '/api/workflow/bar/start', {'key': key}).json()['ticket']
+    record = requests.get(f'{cameron.base}/api/workflow/bar/ticket/{ticket}', timeout=5).json()
+    assert record['payload']['key'] == taken_as
+
+
+def test_a_body_slower_than_body_timeout_is_408(make_cameron, step_service, redis_client,
+                                                namespace):
+    cameron = make_cameron({'bar': {'start_point_url': step_service.url('/s')}},
+                           body_timeout=0.3)
+    with socket.create_connection(('127.0.0.1', cameron.server.server_port), timeout=5) as s:
+        s.sendall(b'POST /api/workflow/bar/start HTTP/1.1\r\nHost: x\r\n'
+                  b'Content-Length: 100\r\n\r\n{"key": ')
+        answer = s.recv(4096).decode()
+    assert answer.startswith('HTTP/1.1 408') and '"error"' in answer
+    assert keys_of(redis_client, namespace) == []

@@ -32,7 +32,7 @@ def test_help_lists_every_flag():
     assert result.returncode == 0
     for name in FIELDS:
         assert flag_name(name) in result.stdout
-    assert '--config' in result.stdout and '--redis' in result.stdout
+    assert '--config PATH' in result.stdout and '--redis REDIS_URL' in result.stdout
 
 
 def test_a_bad_catalogue_stops_start_up_naming_file_workflow_and_problem(tmp_path):

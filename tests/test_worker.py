@@ -157,6 +157,12 @@ FAILURES = {
                         'invalid_response', 200),
     'bad-parallel': ({'parallel': 'maybe'}, 'invalid_response', 200),
     'too-large': ({'data': 'x' * 5000}, 'limit', 200),
+    'too-large-chunked': (Reply(body={'data': 'x' * 5000}, chunked=True), 'limit', 200),
+    'too-deep': (Reply(body=b'[' * 100_000 + b']' * 100_000), 'invalid_response', 200),
+    'nan': (Reply(body=b'{"data": NaN}'), 'invalid_response', 200),
+    'lone-surrogate-name': (Reply(body=b'{"next": [{"name": "\\ud800", "url": "/a"}]}'),
+                            'invalid_response', 200),
+    'bad-host': ({'next': [{'name': 'a', 'url': 'http://[oops/'}]}, 'invalid_response', 200),
     'slow': (Reply(body={}, delay=3), 'timeout', None),
     'trickle': (Reply(body={'data': 'x' * 50}, trickle=0.05), 'timeout', None),
 }
@@ -168,10 +174,10 @@ def test_a_failed_step_is_recorded_and_its_siblings_go_on(make_cameron, svc, cas
     reply, error_type, http_status = FAILURES[case]
     svc.routes['/start/k1'] = answer('start', ('bad', svc.url('/bad')), ('ok', svc.url('/ok')))
     svc.routes['/bad'] = reply
-    svc.routes['/ok'] = answer('ok', ('ok2', svc.url('/ok2')))
+    svc.routes['/ok'] = Reply(body=answer('ok', ('ok2', svc.url('/ok2'))), delay=0.2)
     svc.routes['/ok2'] = {}
     cameron = make_cameron({'w': workflow(svc, step_timeout=0.5, allowed_hosts=['127.0.0.1'])},
-                           max_response_bytes=4096)
+                           max_response_bytes=4096 if 'large' in case else 1024 * 1024)
     record = cameron.run('w')
     steps = steps_by_id(record)
     assert record['status']['current'] == 'error'
@@ -256,6 +262,20 @@ def test_max_steps_cuts_the_next_steps_that_would_pass_it(make_cameron, svc):
     assert set(steps) == {'1', '1-1'} and svc.paths() == ['/start/k1', '/a']
     assert steps['1-1']['status']['current'] == 'error'
     assert steps['1-1']['error']['type'] == 'limit'
+    assert record['status']['current'] == 'error'
+
+
+def test_max_steps_counts_steps_named_but_not_yet_started(make_cameron, svc):
+    """start -> a, b at once; a -> x then y (x slow); b -> z. Six steps against five."""
+    svc.routes['/start/k1'] = answer('start', ('a', svc.url('/a')), ('b', svc.url('/b')))
+    svc.routes['/a'] = answer('a', ('x', svc.url('/x')), ('y', svc.url('/y')), parallel='no')
+    svc.routes['/b'] = Reply(body=answer('b', ('z', svc.url('/z'))), delay=0.1)
+    svc.routes['/x'] = Reply(body={}, delay=0.3)
+    svc.routes['/y'] = svc.routes['/z'] = {}
+    record = make_cameron({'w': workflow(svc, max_steps=5)}).run('w')
+    assert len(svc.received) <= 5 and len(record['steps']) <= 5
+    assert [s['id'] for s in record['steps'] if s['error']] == ['1-2']
+    assert steps_by_id(record)['1-2']['error']['type'] == 'limit'
     assert record['status']['current'] == 'error'
 
 
