@@ -1,4 +1,4 @@
-"""Cameron's exceptions. Expected failures of a step are values (see protocol.StepError);
+"""Cameron's exceptions. Expected failures of a step are values (protocol.step_error);
 these are for the unexpected, and for refusing to start with a bad setup."""
 
 

@@ -162,7 +162,3 @@ def parse_retry_after(value):
 def child_step_id(parent_id, index):
     """Ids are 1-based index paths: the second next step of step 1 is 1-2."""
     return f'{parent_id}-{index}'
-
-
-def step_sort_key(step_id):
-    return tuple(int(part) for part in step_id.split('-'))

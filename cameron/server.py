@@ -21,7 +21,7 @@ from .dispatcher import Dispatcher
 from .errors import ConfigError, CatalogueError, StoreUnavailable
 from .recovery import Liveness
 from .stepclient import StepClient
-from .store import Store
+from .store import Store, connect
 from .worker import Worker
 
 log = logging.getLogger('cameron')
@@ -41,38 +41,15 @@ def main(argv=None, environ=None):
             'step_timeout': config.step_timeout, 'retries': config.retries,
             'max_steps': config.max_steps})
         _setup_logging(config.log_level)
-        client = connect_redis(config)
+        if config.redis_url is None:
+            log.warning('NO REDIS CONFIGURED: using the embedded in-process store. Every '
+                        'ticket is lost when this process exits. Set --redis or '
+                        'CAMERON_REDIS_URL.')
+        client = connect(config.redis_url, config.redis_connections)
     except (ConfigError, CatalogueError, StoreUnavailable) as e:
         print(f'cameron-server: {e}', file=sys.stderr)
         return 1
     return serve(config, catalogue, client)
-
-
-def connect_redis(config):
-    """The Redis client: the configured server, which must answer now, or the embedded one."""
-    if config.redis_url is None:
-        import fakeredis  # only the embedded mode needs it
-        log.warning('NO REDIS CONFIGURED: using the embedded in-process store. Every ticket '
-                    'is lost when this process exits. Set --redis or CAMERON_REDIS_URL.')
-        return fakeredis.FakeRedis(decode_responses=True)
-    import redis
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
-    try:
-        # A blocking pool: past redis_connections, a command waits for a free connection
-        # instead of failing, so thousands of tickets share a bounded number of sockets.
-        pool = redis.BlockingConnectionPool.from_url(
-            config.redis_url, max_connections=config.redis_connections, timeout=10,
-            decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
-            health_check_interval=30,
-            # One quick retry hides a pooled connection gone stale (Redis restarted); longer
-            # outages reach the dispatcher and the API, which back off or answer 503.
-            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1))
-        client = redis.Redis(connection_pool=pool)
-        client.ping()
-    except (redis.RedisError, ValueError) as e:
-        raise StoreUnavailable(f'cannot reach Redis at {config.redis_url}: {e}') from None
-    return client
 
 
 @dataclasses.dataclass

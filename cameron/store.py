@@ -22,9 +22,10 @@ import json
 import time
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .errors import StoreUnavailable
-from .protocol import step_sort_key
 
 FINISHED = ('done', 'error')
 _STEP_ORDER = ('id', 'name', 'parent', 'requestor', 'url', 'status', 'attempts', 'http_status',
@@ -66,6 +67,33 @@ def _unavailable_on_redis_errors(method):
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreUnavailable(f'Redis is unavailable: {e}') from e
     return wrapper
+
+
+def connect(url, max_connections):
+    """A client of the Redis at url, which must answer now; with no url, an embedded
+    in-process one (fakeredis) whose data is lost at exit."""
+    if url is None:
+        import fakeredis  # only the embedded mode needs it
+        return fakeredis.FakeRedis(decode_responses=True)
+    try:
+        # A blocking pool: past max_connections, a command waits for a free connection
+        # instead of failing, so thousands of tickets share a bounded number of sockets.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10, decode_responses=True,
+            socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+            # One quick retry hides a pooled connection gone stale (Redis restarted); longer
+            # outages reach the dispatcher and the API, which back off or answer 503.
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1))
+        client = redis.Redis(connection_pool=pool)
+        client.ping()
+    except (redis.RedisError, ValueError) as e:
+        raise StoreUnavailable(f'cannot reach Redis at {url}: {e}') from None
+    return client
+
+
+def step_sort_key(step_id):
+    """Steps are listed by id, the index paths compared as numbers: 1-2 before 1-10."""
+    return tuple(int(part) for part in step_id.split('-'))
 
 
 def timestamp(seconds):

@@ -7,7 +7,7 @@ import pytest
 from cameron.errors import InvalidAnswer
 from cameron.protocol import (
     Answer, NextStep, child_step_id, expand_url, is_retryable, parse_answer, parse_retry_after,
-    retry_delay, step_error, step_headers, step_sort_key)
+    retry_delay, step_error, step_headers)
 
 STEP_URL = 'http://steps.com/workflow/bar/start/007'
 
@@ -284,13 +284,3 @@ def test_parse_retry_after(value, seconds):
 def test_child_step_id(parent, index, child):
     assert child_step_id(parent, index) == child
 
-
-def test_step_sort_key_orders_numerically():
-    ids = ['1-10', '2', '1-2', '1', '1-1-1', '1-2-1', '1-1', '1-9']
-    assert sorted(ids, key=step_sort_key) == \
-        ['1', '1-1', '1-1-1', '1-2', '1-2-1', '1-9', '1-10', '2']
-
-
-def test_step_sort_key_value():
-    assert step_sort_key('1-2-10') == (1, 2, 10)
-    assert step_sort_key('1-2') < step_sort_key('1-10')

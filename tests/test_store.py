@@ -3,7 +3,7 @@ with redis-cli, on a real Redis and on fakeredis."""
 
 import pytest
 
-from cameron.store import Store, timestamp
+from cameron.store import Store, step_sort_key, timestamp
 
 from .conftest import keys_of
 
@@ -110,3 +110,14 @@ def test_payload_data_round_trips_any_json(store):
     data = {'unicode': 'ção', 'nested': [None, True, 1.5, {'k': 'v'}]}
     store.push_ticket(WORKFLOW, TICKET, 'k', data)
     assert store.read_ticket(WORKFLOW, TICKET)['payload']['data'] == data
+
+
+def test_step_sort_key_orders_numerically():
+    ids = ['1-10', '2', '1-2', '1', '1-1-1', '1-2-1', '1-1', '1-9']
+    assert sorted(ids, key=step_sort_key) == \
+        ['1', '1-1', '1-1-1', '1-2', '1-2-1', '1-9', '1-10', '2']
+
+
+def test_step_sort_key_value():
+    assert step_sort_key('1-2-10') == (1, 2, 10)
+    assert step_sort_key('1-2') < step_sort_key('1-10')
