@@ -18,5 +18,6 @@ setup(
         'pyyaml>=6.0',
         'fakeredis>=2.20',  # the embedded store, used when no Redis URL is configured
     ],
-    extras_require={'test': ['pytest>=7']},
+    # pytest-timeout: a test that hangs fails alone instead of stalling the whole run.
+    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2.1']},
 )

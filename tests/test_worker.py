@@ -322,3 +322,15 @@ def test_retries_stop_at_the_ticket_deadline(make_cameron, svc):
     record = make_cameron({'w': workflow(svc, retries=50, deadline=0.6)},
                           retry_backoff=0.1).run('w')
     assert 2 <= record['steps'][0]['attempts'] < 10
+
+
+def test_a_key_cannot_inject_headers_or_change_the_url(make_cameron, svc):
+    key = 'x\r\nX-Injected: 1\r\n\r\n/../../admin?y=1#z'
+    svc.default = lambda request: {}
+    record = make_cameron({'w': workflow(svc)}).run('w', key=key)
+    assert record['status']['current'] == 'done'
+    (request,) = svc.received
+    assert 'X-Injected' not in request.headers
+    assert request.path == '/start/' + key  # the whole key, one path segment, decoded
+    assert record['steps'][0]['url'].startswith(svc.url('/start/x%0D%0AX-Injected%3A%201'))
+    assert request.body['key'] == key
