@@ -1,5 +1,9 @@
-"""Calls to step services: one pooled requests.Session, a bound on calls in flight, a hard
-deadline per attempt, a cap on answer size, and retries with backoff."""
+"""Calls to step services: one pool of keep-alive connections per host, a bound on calls in
+flight, a hard deadline per attempt, a cap on answer size, and retries with backoff.
+
+It speaks urllib3 directly rather than through requests: bench/fan7.py measured requests'
+per-call work (session merging, proxy lookups in the environment, hooks) as the largest
+single cost of a step, and Cameron needs none of it."""
 import dataclasses
 import json
 import logging
@@ -8,13 +12,13 @@ import time
 
 import gevent
 import gevent.lock
-import requests
-import requests.adapters
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError
+from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from . import protocol
 
 log = logging.getLogger(__name__)
-_CHUNK_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -33,14 +37,13 @@ class StepClient:
         self.retry_backoff = retry_backoff
         self._sleep = sleep
         self._slots = gevent.lock.BoundedSemaphore(max_in_flight)
-        self._session = requests.Session()
-        # One keep-alive pool per step host, each as large as the calls allowed in flight.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=100, pool_maxsize=max_in_flight)
-        self._session.mount('http://', adapter)
-        self._session.mount('https://', adapter)
+        # One keep-alive pool per step host (100 hosts kept), each as large as the calls
+        # allowed in flight; redirects and urllib3's own retries are off: Cameron decides.
+        self._http = urllib3.PoolManager(num_pools=100, maxsize=max_in_flight, block=False,
+                                         retries=False)
 
     def close(self):
-        self._session.close()
+        self._http.clear()
 
     def call(self, url, request, ticket, step_id, timeout, retries, budget=math.inf):
         """POST request (a dict) to url, retrying connection errors, timeouts, 5xx and 429.
@@ -76,38 +79,42 @@ class StepClient:
     def _attempt(self, url, payload, headers, timeout):
         """One POST. Returns (StepResult, Retry-After seconds or None)."""
         with self._slots:
-            # requests' own timeout bounds each socket operation; gevent.Timeout bounds the
+            # urllib3's timeouts bound each socket operation; gevent.Timeout bounds the
             # whole call, so an answer trickled byte by byte cannot hold a greenlet.
             deadline = gevent.Timeout(timeout)
             deadline.start()
+            response = None
             try:
-                with self._session.post(url, data=payload, headers=headers, timeout=timeout,
-                                        stream=True, allow_redirects=False) as response:
-                    return self._read(response), \
-                        protocol.parse_retry_after(response.headers.get('Retry-After'))
+                response = self._http.request(
+                    'POST', url, body=payload, headers=headers, preload_content=False,
+                    redirect=False, timeout=urllib3.Timeout(connect=timeout, read=timeout))
+                return self._read(response), \
+                    protocol.parse_retry_after(response.headers.get('Retry-After'))
             except gevent.Timeout as e:
                 if e is not deadline:
                     raise
                 return _failed('timeout', f'no answer within {timeout:.3g}s'), None
-            except requests.Timeout as e:
+            except NewConnectionError as e:  # before TimeoutError, which it subclasses
+                return _failed('connection', f'cannot connect: {_reason(e)}'), None
+            except UrllibTimeout as e:
                 return _failed('timeout', f'no answer within {timeout:.3g}s ({type(e).__name__})'), None
-            except requests.RequestException as e:
+            except (HTTPError, ProtocolError, OSError) as e:
                 return _failed('connection', f'{type(e).__name__}: {_reason(e)}'), None
             finally:
                 deadline.close()
+                if response is not None:
+                    response.release_conn()
 
     def _read(self, response):
-        status = response.status_code
+        status = response.status
         declared = response.headers.get('Content-Length', '')
         if declared.isdigit() and int(declared) > self.max_response_bytes:
+            response.close()  # the rest is not wanted: this connection cannot be reused
             return _too_large(status, self.max_response_bytes)
-        chunks, size = [], 0
-        for chunk in response.iter_content(_CHUNK_BYTES):
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                return _too_large(status, self.max_response_bytes)
-            chunks.append(chunk)
-        body = b''.join(chunks)
+        body = response.read(self.max_response_bytes + 1)
+        if len(body) > self.max_response_bytes:
+            response.close()
+            return _too_large(status, self.max_response_bytes)
         if not 200 <= status < 300:
             return StepResult(status, body, protocol.step_error(
                 'http_status', f'the step answered HTTP {status}', status, body))
@@ -124,8 +131,8 @@ def _too_large(status, limit):
 
 
 def _reason(error):
-    # requests wraps urllib3's errors, whose text repeats the pool and URL; the innermost
-    # reason is what an operator needs ("Connection refused").
+    # urllib3's messages repeat the pool and the URL; the innermost reason is what an
+    # operator needs ("Connection refused").
     reason = error
     while reason.__context__ is not None and reason.__context__ is not reason:
         reason = reason.__context__

@@ -21,6 +21,8 @@ import functools
 import json
 import time
 
+import gevent
+import gevent.event
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -102,12 +104,54 @@ def timestamp(seconds):
     return moment.strftime('%Y-%m-%dT%H:%M:%S.') + f'{moment.microsecond // 1000:03d}Z'
 
 
+class _GroupCommit:
+    """HSETs from many greenlets sent together: each caller's fields join the batch that
+    is being gathered, one greenlet sends the whole batch in one pipeline, and every caller
+    returns (or raises) once its batch is written. Under load, hundreds of step records cost
+    one round trip; alone, a write waits one turn of the event loop."""
+
+    def __init__(self, client):
+        self.redis = client
+        self._batch = _Batch()
+        self._sender = None
+
+    def hset(self, key, mapping):
+        batch = self._batch
+        batch.fields.setdefault(key, {}).update(mapping)  # later writes win, as in Redis
+        if self._sender is None:
+            self._sender = gevent.spawn(self._send)
+        batch.written.get()
+
+    def _send(self):
+        try:
+            while self._batch.fields:
+                batch, self._batch = self._batch, _Batch()
+                try:
+                    with self.redis.pipeline(transaction=False) as pipe:
+                        for key, mapping in batch.fields.items():
+                            pipe.hset(key, mapping=mapping)
+                        pipe.execute()
+                except Exception as e:  # each caller gets it, and retries or reports it
+                    batch.written.set_exception(e)
+                else:
+                    batch.written.set(None)
+        finally:
+            self._sender = None
+
+
+class _Batch:
+    def __init__(self):
+        self.fields = {}  # key -> {field: value}
+        self.written = gevent.event.AsyncResult()
+
+
 class Store:
     def __init__(self, client, namespace, ticket_ttl, clock=time.time):
         self.redis = client
         self.ns = namespace
         self.ticket_ttl = ticket_ttl
         self._clock = clock
+        self._writes = _GroupCommit(client)
 
     def _status(self, state, prefix=''):
         return {f'{prefix}status.current': state,
@@ -162,7 +206,7 @@ class Store:
 
     @_unavailable_on_redis_errors
     def mark_ticket(self, workflow, ticket, state):
-        self.redis.hset(ticket_key(self.ns, workflow, ticket), mapping=self._status(state))
+        self._writes.hset(ticket_key(self.ns, workflow, ticket), self._status(state))
 
     @_unavailable_on_redis_errors
     def finish_ticket(self, workflow, ticket, process, state):
@@ -190,7 +234,7 @@ class Store:
         mapping = {f'step.{step_id}.{name}': _encode(name, value)
                    for name, value in fields.items() if value is not None}
         mapping.update(self._status(state, prefix=f'step.{step_id}.'))
-        self.redis.hset(ticket_key(self.ns, workflow, ticket), mapping=mapping)
+        self._writes.hset(ticket_key(self.ns, workflow, ticket), mapping)
 
     @_unavailable_on_redis_errors
     def read_ticket(self, workflow, ticket):

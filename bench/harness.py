@@ -1,0 +1,212 @@
+"""What every bench script needs: free ports, a Redis, a step server, Cameron as a real
+process, /proc readings, and a load driver. Everything runs on 127.0.0.1 and is stopped by
+PID when the script ends."""
+from gevent import monkey
+
+monkey.patch_all()
+
+import atexit  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import gevent.pool  # noqa: E402
+import requests  # noqa: E402
+import requests.adapters  # noqa: E402
+import yaml  # noqa: E402
+
+from workload import FAN7, STEPS_PER_TICKET  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORK = pathlib.Path(tempfile.mkdtemp(prefix='cameron-bench-'))
+CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+_started = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def spawn(command, name, **kwargs):
+    """A process whose output goes to WORK/name.log, stopped (by PID) at exit."""
+    log = open(WORK / f'{name}.log', 'w')
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+    _started.append(process)
+    return process
+
+
+@atexit.register
+def _stop_all():
+    for process in reversed(_started):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+def wait_for_port(port, process, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f'process {process.args[0]} exited: see {WORK}')
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f'nothing listens on {port} after {timeout}s')
+
+
+def start_redis():
+    if shutil.which('redis-server') is None:
+        raise SystemExit('redis-server is needed (apt-get install redis-server)')
+    port = free_port()
+    process = spawn(['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '',
+                     '--appendonly', 'no'], f'redis-{port}')
+    wait_for_port(port, process)
+    return f'redis://127.0.0.1:{port}/0'
+
+
+
+
+def start_fast_steps():
+    """nginx answering each fan7 step from memory (a step server that is not the
+    bottleneck), or, without nginx, a gevent one. Returns (base URL, kind)."""
+    port = free_port()
+    nginx = shutil.which('nginx') or ('/usr/sbin/nginx' if os.path.exists('/usr/sbin/nginx') else None)
+    if nginx is None:
+        return start_slow_steps(delay=0), 'gevent (nginx not installed)'
+    locations = '\n'.join(
+        f"    location /{name}/ {{ return 200 '{json.dumps(answer)}'; }}"
+        for name, answer in FAN7.items())
+    conf = WORK / 'nginx.conf'
+    conf.write_text(f'''
+worker_processes 1;
+daemon off;
+pid {WORK}/nginx.pid;
+error_log {WORK}/nginx-error.log;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  default_type application/json;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_buffer_size 16k;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+{locations}
+  }}
+}}
+''')
+    process = spawn([nginx, '-p', str(WORK), '-c', str(conf)], 'nginx')
+    wait_for_port(port, process)
+    return f'http://127.0.0.1:{port}', 'nginx'
+
+
+def start_slow_steps(delay):
+    """A gevent step server answering each fan7 step after `delay` seconds."""
+    port = free_port()
+    process = spawn([sys.executable, str(ROOT / 'bench' / 'slow_steps.py'), str(port), str(delay)],
+                    'slow-steps')
+    wait_for_port(port, process)
+    return f'http://127.0.0.1:{port}'
+
+
+def write_catalogue(step_base, name='fan7'):
+    path = WORK / f'workflows-{name}.yaml'
+    path.write_text(yaml.safe_dump({'workflows': {name: {
+        'start_point_url': f'{step_base}/start/{{key}}', 'retries': 0, 'step_timeout': 60}}}))
+    return path
+
+
+def start_cameron(redis_url, catalogue, *flags, name='cameron'):
+    """bin/cameron-server as a user runs it. Returns (process, base URL)."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / 'bin' / 'cameron-server'), '--redis', redis_url,
+               '--port', str(port), '--workflows', str(catalogue), '--no-demo',
+               '--log-level', 'warning', *flags]
+    process = spawn(command, f'{name}-{port}', cwd=ROOT)
+    wait_for_port(port, process)
+    return process, f'http://127.0.0.1:{port}'
+
+
+def cpu_seconds(pid):
+    """User + system CPU time the process has used, from /proc."""
+    fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def peak_rss_kib(pid):
+    for line in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_kib(pid):
+    for line in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+    return 0
+
+
+def session(size):
+    s = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    s.mount('http://', adapter)
+    return s
+
+
+def run_tickets(bases, workflow, count, concurrency, wait=60):
+    """Start `count` tickets (round robin over the servers at `bases`), each followed by a
+    ?wait= read, at most `concurrency` at once. Returns (latencies, errors, wall seconds)."""
+    http = session(concurrency)
+    latencies, errors = [], []
+
+    def one(i):
+        base = bases[i % len(bases)]
+        started = time.monotonic()
+        try:
+            answer = http.post(f'{base}/api/workflow/{workflow}/start',
+                               data=json.dumps({'key': f'k{i}'}), timeout=30)
+            record = http.get(f'{base}{answer.headers["Location"]}?wait={wait}',
+                              timeout=wait + 30).json()
+        except Exception as e:  # a bench reports failures; it does not stop at the first
+            errors.append(repr(e))
+            return
+        if record.get('status', {}).get('current') != 'done' \
+                or len(record['steps']) != STEPS_PER_TICKET:
+            errors.append(record)
+            return
+        latencies.append(time.monotonic() - started)
+
+    pool = gevent.pool.Pool(concurrency)
+    began = time.monotonic()
+    pool.map(one, range(count))
+    if errors:
+        print(f'{len(errors)} failed tickets; the first: {str(errors[0])[:500]}', file=sys.stderr)
+    return latencies, errors, time.monotonic() - began
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else None
+
+
+def report(name, figures, summary):
+    """One JSON line for machines, then a line for people."""
+    print(json.dumps({'bench': name, **figures}), flush=True)
+    print(f'{name}: {summary}', flush=True)
