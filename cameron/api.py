@@ -56,14 +56,9 @@ def make_app(config, catalogue, store, dispatcher):
         wait = _wait_seconds(bottle.request.query.get('wait'))
         if not _TICKET_PATTERN.fullmatch(ticket):
             raise bottle.HTTPError(404, f'unknown ticket {ticket!r}')
-        with dispatcher.watching(ticket) as ended_here:
-            deadline = time.monotonic() + wait
-            record = store.read_ticket(name, ticket)
-            while record and record['status'].get('current') not in FINISHED \
-                    and time.monotonic() < deadline:
-                if ended_here.wait(min(_WAIT_SLICE, deadline - time.monotonic())):
-                    ended_here.clear()  # it ended here yet not finished: killed; poll on
-                record = store.read_ticket(name, ticket)
+        if wait:
+            _wait_until_finished(store, dispatcher, name, ticket, wait)
+        record = store.read_ticket(name, ticket)
         if record is None:
             raise bottle.HTTPError(404, f'unknown ticket {ticket!r} of workflow {name!r}')
         return record
@@ -84,6 +79,20 @@ def make_app(config, catalogue, store, dispatcher):
         return {'status': 'ok', 'redis': 'ok'}
 
     return app
+
+
+def _wait_until_finished(store, dispatcher, workflow, ticket, seconds):
+    """Return once the ticket has finished (or is unknown), or after `seconds`. A ticket
+    that ends in this process wakes the wait at once; one running elsewhere is noticed at
+    the next look at its status, every _WAIT_SLICE seconds."""
+    deadline = time.monotonic() + seconds
+    with dispatcher.watching(ticket) as ended_here:
+        while store.ticket_status(workflow, ticket) not in (*FINISHED, None):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if ended_here.wait(min(_WAIT_SLICE, left)):
+                ended_here.clear()  # it ended here yet not finished (killed): look again
 
 
 def _read_start_request(limit, timeout):

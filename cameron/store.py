@@ -245,6 +245,11 @@ class Store:
         return _decode_ticket(workflow, ticket, fields)
 
     @_unavailable_on_redis_errors
+    def ticket_status(self, workflow, ticket):
+        """status.current of the ticket, None if it is unknown."""
+        return self.redis.hget(ticket_key(self.ns, workflow, ticket), 'status.current')
+
+    @_unavailable_on_redis_errors
     def queue_lengths(self, workflows):
         with self.redis.pipeline(transaction=False) as pipe:
             for workflow in workflows:
