@@ -83,15 +83,16 @@ def make_app(config, catalogue, store, dispatcher):
 
 def _wait_until_finished(store, dispatcher, workflow, ticket, seconds):
     """Return once the ticket has finished (or is unknown), or after `seconds`. A ticket
-    that ends in this process wakes the wait at once; one running elsewhere is noticed at
-    the next look at its status, every _WAIT_SLICE seconds."""
+    that runs in this process wakes the wait when it ends; one queued or running elsewhere
+    is looked at every _WAIT_SLICE seconds."""
     deadline = time.monotonic() + seconds
     with dispatcher.watching(ticket) as ended_here:
         while store.ticket_status(workflow, ticket) not in (*FINISHED, None):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if ended_here.wait(min(_WAIT_SLICE, left)):
+            here = dispatcher.runs(workflow, ticket)
+            if ended_here.wait(left if here else min(_WAIT_SLICE, left)):
                 ended_here.clear()  # it ended here yet not finished (killed): look again
 
 

@@ -60,7 +60,7 @@ class Dispatcher:
             greenlet = self.tickets.spawn(self._run_ticket, workflow, ticket)
             self._running[workflow, ticket] = greenlet
             # A link, not a finally: it also runs for a greenlet killed before it started.
-            greenlet.link(lambda _, key=(workflow, ticket): self._running.pop(key, None))
+            greenlet.link(lambda _, key=(workflow, ticket): self._ended(*key))
         return len(taken)
 
     def fence(self):
@@ -103,6 +103,10 @@ class Dispatcher:
                         len(self.tickets), timeout)
             self.tickets.kill()
         return finished
+
+    def runs(self, workflow, ticket):
+        """True while the ticket runs in this process."""
+        return (workflow, ticket) in self._running
 
     @contextlib.contextmanager
     def watching(self, ticket):
@@ -152,6 +156,8 @@ class Dispatcher:
             log.exception('ticket %s/%s: unexpected error; the ticket ends in error',
                           workflow, ticket)
             self.store.finish_ticket(workflow, ticket, self.process, 'error')
-        finally:
-            for event in self._watchers.get(ticket, ()):
-                event.set()
+
+    def _ended(self, workflow, ticket):
+        self._running.pop((workflow, ticket), None)
+        for event in self._watchers.get(ticket, ()):
+            event.set()
