@@ -56,9 +56,8 @@ def make_app(config, catalogue, store, dispatcher):
         wait = _wait_seconds(bottle.request.query.get('wait'))
         if not _TICKET_PATTERN.fullmatch(ticket):
             raise bottle.HTTPError(404, f'unknown ticket {ticket!r}')
-        if wait:
-            _wait_until_finished(store, dispatcher, name, ticket, wait)
-        record = store.read_ticket(name, ticket)
+        record = _wait_until_finished(store, dispatcher, name, ticket, wait) if wait else None
+        record = record or store.read_ticket(name, ticket)
         if record is None:
             raise bottle.HTTPError(404, f'unknown ticket {ticket!r} of workflow {name!r}')
         return record
@@ -82,18 +81,26 @@ def make_app(config, catalogue, store, dispatcher):
 
 
 def _wait_until_finished(store, dispatcher, workflow, ticket, seconds):
-    """Return once the ticket has finished (or is unknown), or after `seconds`. A ticket
-    that runs in this process wakes the wait when it ends; one queued or running elsewhere
-    is looked at every _WAIT_SLICE seconds."""
+    """Wait until the ticket has finished or `seconds` have passed. A ticket that runs in
+    this process wakes the wait when it ends; one queued or running elsewhere is looked at
+    every _WAIT_SLICE seconds. Returns the record if it was read on the way, else None."""
     deadline = time.monotonic() + seconds
     with dispatcher.watching(ticket) as ended_here:
-        while store.ticket_status(workflow, ticket) not in (*FINISHED, None):
+        status = store.ticket_status(workflow, ticket)
+        while status not in (*FINISHED, None):
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return None
             here = dispatcher.runs(workflow, ticket)
             if ended_here.wait(left if here else min(_WAIT_SLICE, left)):
-                ended_here.clear()  # it ended here yet not finished (killed): look again
+                ended_here.clear()
+                record = store.read_ticket(workflow, ticket)  # ended here: read it all now
+                if record is None or record['status'].get('current') in FINISHED:
+                    return record
+                status = record['status'].get('current')  # killed here, not finished
+            else:
+                status = store.ticket_status(workflow, ticket)
+    return None
 
 
 def _read_start_request(limit, timeout):

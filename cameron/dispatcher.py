@@ -51,13 +51,13 @@ class Dispatcher:
             return 0
         taken = self.store.take_tickets(self._asks(room), self.process)
         self._learn(taken)
-        for workflow, ticket in taken:
+        for workflow, ticket, record in taken:
             if (workflow, ticket) in self._running:
                 # Put back by a peer that took this process for dead, and taken again here:
                 # it runs here already, and this copy in the processing list holds it again.
                 continue
             log.info('ticket %s/%s: dispatched', workflow, ticket)
-            greenlet = self.tickets.spawn(self._run_ticket, workflow, ticket)
+            greenlet = self.tickets.spawn(self._run_ticket, workflow, ticket, record)
             self._running[workflow, ticket] = greenlet
             # A link, not a finally: it also runs for a greenlet killed before it started.
             greenlet.link(lambda _, key=(workflow, ticket): self._ended(*key))
@@ -85,7 +85,7 @@ class Dispatcher:
     def _learn(self, taken):
         """A workflow whose queue gave all that was asked is asked for twice as many next
         time; an idle one for one, so that idle looks cost one LMOVE per workflow."""
-        got = collections.Counter(workflow for workflow, _ in taken)
+        got = collections.Counter(workflow for workflow, _, _ in taken)
         for name in self._names:
             asked = self._appetite.get(name, 1)
             self._appetite[name] = min(asked * 2, BATCH) if got[name] >= asked else 1
@@ -147,9 +147,9 @@ class Dispatcher:
         self._wake.wait(timeout)
         self._wake.clear()
 
-    def _run_ticket(self, workflow, ticket):
+    def _run_ticket(self, workflow, ticket, record):
         try:
-            self.worker.run_ticket(self.catalogue[workflow], ticket)
+            self.worker.run_ticket(self.catalogue[workflow], ticket, record)
         except Exception:
             # A fault of Cameron's own: end the ticket rather than leave it held here for
             # ever; resuming it would most likely meet the same fault again.

@@ -105,7 +105,7 @@ def timestamp(seconds):
 
 
 class _GroupCommit:
-    """HSETs from many greenlets sent together: each caller's fields join the batch that
+    """Writes from many greenlets sent together: each caller's fields join the batch that
     is being gathered, one greenlet sends the whole batch in one pipeline, and every caller
     returns (or raises) once its batch is written. Under load, hundreds of step records cost
     one round trip; alone, a write waits one turn of the event loop."""
@@ -115,9 +115,12 @@ class _GroupCommit:
         self._batch = _Batch()
         self._sender = None
 
-    def hset(self, key, mapping):
+    def write(self, key, fields, then=()):
+        """HSET fields on key; then, after every HSET of the batch, the commands in `then`,
+        each a tuple (pipeline method name, *arguments)."""
         batch = self._batch
-        batch.fields.setdefault(key, {}).update(mapping)  # later writes win, as in Redis
+        batch.fields.setdefault(key, {}).update(fields)  # later writes win, as in Redis
+        batch.then.extend(then)
         if self._sender is None:
             self._sender = gevent.spawn(self._send)
         batch.written.get()
@@ -128,8 +131,10 @@ class _GroupCommit:
                 batch, self._batch = self._batch, _Batch()
                 try:
                     with self.redis.pipeline(transaction=False) as pipe:
-                        for key, mapping in batch.fields.items():
-                            pipe.hset(key, mapping=mapping)
+                        for key, fields in batch.fields.items():
+                            pipe.hset(key, mapping=fields)
+                        for name, *args in batch.then:
+                            getattr(pipe, name)(*args)
                         pipe.execute()
                 except Exception as e:  # each caller gets it, and retries or reports it
                     batch.written.set_exception(e)
@@ -142,6 +147,7 @@ class _GroupCommit:
 class _Batch:
     def __init__(self):
         self.fields = {}  # key -> {field: value}
+        self.then = []  # commands sent after the fields
         self.written = gevent.event.AsyncResult()
 
 
@@ -193,31 +199,33 @@ class Store:
     @_unavailable_on_redis_errors
     def take_tickets(self, workflows, process):
         """Move up to one ticket from each named workflow's queue into this process's
-        processing list and mark it dispatched. Returns [(workflow, ticket)]."""
+        processing list, mark it dispatched and read its record, in two round trips.
+        Returns [(workflow, ticket, record)]; the record has no key if the ticket had none."""
         with self.redis.pipeline(transaction=False) as pipe:
             for workflow in workflows:
                 pipe.lmove(incoming_key(self.ns, workflow),
                            processing_key(self.ns, workflow, process), 'RIGHT', 'LEFT')
             taken = [(w, t) for w, t in zip(workflows, pipe.execute()) if t is not None]
             for workflow, ticket in taken:
-                pipe.hset(ticket_key(self.ns, workflow, ticket), mapping=self._status('dispatched'))
-            pipe.execute()
-        return taken
+                key = ticket_key(self.ns, workflow, ticket)
+                pipe.hset(key, mapping=self._status('dispatched'))
+                pipe.hgetall(key)
+            fields = pipe.execute()[1::2]
+        return [(workflow, ticket, _decode_ticket(workflow, ticket, record))
+                for (workflow, ticket), record in zip(taken, fields)]
 
     @_unavailable_on_redis_errors
     def mark_ticket(self, workflow, ticket, state):
-        self._writes.hset(ticket_key(self.ns, workflow, ticket), self._status(state))
+        self._writes.write(ticket_key(self.ns, workflow, ticket), self._status(state))
 
     @_unavailable_on_redis_errors
     def finish_ticket(self, workflow, ticket, process, state):
         """Record the final state, start the expiry clock and release the ticket from the
-        processing list, in one transaction."""
+        processing list, in this order: a ticket is never released unrecorded."""
         key = ticket_key(self.ns, workflow, ticket)
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=self._status(state))
-            pipe.expire(key, self.ticket_ttl)
-            pipe.lrem(processing_key(self.ns, workflow, process), 1, ticket)
-            pipe.execute()
+        self._writes.write(key, self._status(state), then=[
+            ('expire', key, self.ticket_ttl),
+            ('lrem', processing_key(self.ns, workflow, process), 1, ticket)])
 
     @_unavailable_on_redis_errors
     def drop_ticket(self, workflow, ticket, process):
@@ -234,7 +242,7 @@ class Store:
         mapping = {f'step.{step_id}.{name}': _encode(name, value)
                    for name, value in fields.items() if value is not None}
         mapping.update(self._status(state, prefix=f'step.{step_id}.'))
-        self._writes.hset(ticket_key(self.ns, workflow, ticket), mapping)
+        self._writes.write(ticket_key(self.ns, workflow, ticket), mapping)
 
     @_unavailable_on_redis_errors
     def read_ticket(self, workflow, ticket):

@@ -54,10 +54,10 @@ class Worker:
         self.max_fanout = max_fanout
         self._clock = clock
 
-    def run_ticket(self, workflow, ticket):
-        """Run the ticket to its end; returns its final state, or None if it has no record."""
-        record = self.store.read_ticket(workflow.name, ticket)
-        if record is None or record['payload']['key'] is None:
+    def run_ticket(self, workflow, ticket, record):
+        """Run the ticket, whose record was read as it was taken, to its end; returns its
+        final state, or None if it has no record."""
+        if record['payload']['key'] is None:
             log.warning('ticket %s/%s: no record (expired or deleted), dropped', workflow.name, ticket)
             self.store.drop_ticket(workflow.name, ticket, self.process)
             return None

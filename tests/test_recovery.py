@@ -28,7 +28,7 @@ def take_as(store, process, workflow, tickets):
     for ticket in tickets:
         store.push_ticket(workflow, ticket, 'k1', None)
     store.beat(process, [workflow], ttl=60)
-    assert store.take_tickets([workflow] * len(tickets), process) == \
+    assert [(w, t) for w, t, _ in store.take_tickets([workflow] * len(tickets), process)] == \
         [(workflow, t) for t in tickets]
 
 
@@ -65,7 +65,8 @@ def test_requeue_puts_tickets_back_to_be_taken_oldest_first(store, redis_client,
     store.push_ticket('w', 't4', 'k', None)  # queued after, still waiting
     assert store.requeue_tickets('dead', ['w', 'other']) == [('w', 't3'), ('w', 't2'), ('w', 't1')]
     assert processing(redis_client, namespace, 'w', 'dead') == []
-    assert store.take_tickets(['w'] * 4, 'alive') == [('w', t) for t in ('t1', 't2', 't3', 't4')]
+    taken = store.take_tickets(['w'] * 4, 'alive')
+    assert [(w, t) for w, t, _ in taken] == [('w', t) for t in ('t1', 't2', 't3', 't4')]
 
 
 def test_forget_process_removes_it_from_the_registry(store, redis_client, namespace):

@@ -37,7 +37,10 @@ def test_take_tickets_moves_oldest_first_into_the_processing_list(store, redis_c
     for ticket in ('t1', 't2', 't3'):
         store.push_ticket(WORKFLOW, ticket, 'k', None)
     taken = store.take_tickets([WORKFLOW, WORKFLOW], 'proc-a')
-    assert taken == [(WORKFLOW, 't1'), (WORKFLOW, 't2')]
+    assert [(w, t) for w, t, _ in taken] == [(WORKFLOW, 't1'), (WORKFLOW, 't2')]
+    record = taken[0][2]  # read in the same round trip, already dispatched
+    assert record['payload'] == {'key': 'k', 'data': None}
+    assert record['status']['current'] == 'dispatched'
     assert redis_client.lrange(f'{namespace}:workflow:bar:queue:incoming', 0, -1) == ['t3']
     assert redis_client.lrange(f'{namespace}:workflow:bar:queue:processing:proc-a', 0, -1) \
         == ['t2', 't1']
