@@ -19,7 +19,7 @@ MAX_KEY_LENGTH = 1024
 MAX_WAIT = 60.0
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _TICKET_PATTERN = re.compile(r'[0-9a-f]{32}')
-_WAIT_SLICE = 0.5  # seconds between looks at a ticket that runs in another process
+_FIRST_LOOK, _LAST_LOOK = 0.05, 1.0  # seconds between looks at a ticket not running here
 
 
 def make_app(config, catalogue, store, dispatcher):
@@ -81,25 +81,28 @@ def make_app(config, catalogue, store, dispatcher):
 
 
 def _wait_until_finished(store, dispatcher, workflow, ticket, seconds):
-    """Wait until the ticket has finished or `seconds` have passed. A ticket that runs in
-    this process wakes the wait when it ends; one queued or running elsewhere is looked at
-    every _WAIT_SLICE seconds. Returns the record if it was read on the way, else None."""
+    """Wait until the ticket has finished or `seconds` have passed. While the ticket runs
+    in this process, the dispatcher wakes the wait when it ends; a ticket queued or running
+    elsewhere is looked at after 50 ms, then less and less often, up to once a second.
+    Returns the record if it was read on the way, else None."""
     deadline = time.monotonic() + seconds
-    with dispatcher.watching(ticket) as ended_here:
+    pause = _FIRST_LOOK
+    with dispatcher.watching(ticket) as news:  # set when the ticket starts or ends here
         status = store.ticket_status(workflow, ticket)
         while status not in (*FINISHED, None):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            here = dispatcher.runs(workflow, ticket)
-            if ended_here.wait(left if here else min(_WAIT_SLICE, left)):
-                ended_here.clear()
-                record = store.read_ticket(workflow, ticket)  # ended here: read it all now
+            if not news.wait(left if dispatcher.runs(workflow, ticket) else min(pause, left)):
+                status = store.ticket_status(workflow, ticket)
+                pause = min(pause * 2, _LAST_LOOK)
+                continue
+            news.clear()
+            if not dispatcher.runs(workflow, ticket):  # it ended here: read it all now
+                record = store.read_ticket(workflow, ticket)
                 if record is None or record['status'].get('current') in FINISHED:
                     return record
                 status = record['status'].get('current')  # killed here, not finished
-            else:
-                status = store.ticket_status(workflow, ticket)
     return None
 
 

@@ -32,6 +32,8 @@ class Config:
     namespace: str = _setting('cameron', 'prefix of every Redis key Cameron writes')
     log_level: str = _setting('info', 'debug, info, warning or error')
     demo: bool = _setting(False, 'serve the example step service under /demo/')
+    dispatch: bool = _setting(True, 'take and run tickets; --no-dispatch serves the API only, '
+                                    'for tickets that other processes run')
     max_request_bytes: int = _setting(MIB, 'largest start request body; larger: 413')
     max_response_bytes: int = _setting(MIB, 'largest step answer; larger fails the step')
     body_timeout: float = _setting(30.0, 'seconds a client has to send a request body; '

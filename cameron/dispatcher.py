@@ -61,6 +61,7 @@ class Dispatcher:
             self._running[workflow, ticket] = greenlet
             # A link, not a finally: it also runs for a greenlet killed before it started.
             greenlet.link(lambda _, key=(workflow, ticket): self._ended(*key))
+            self._tell_watchers(ticket)
         return len(taken)
 
     def fence(self):
@@ -110,7 +111,8 @@ class Dispatcher:
 
     @contextlib.contextmanager
     def watching(self, ticket):
-        """An Event set when the ticket ends in this process, while the block runs."""
+        """An Event set when the ticket starts or ends in this process, while the block
+        runs."""
         event = gevent.event.Event()
         self._watchers.setdefault(ticket, set()).add(event)
         try:
@@ -159,5 +161,8 @@ class Dispatcher:
 
     def _ended(self, workflow, ticket):
         self._running.pop((workflow, ticket), None)
+        self._tell_watchers(ticket)
+
+    def _tell_watchers(self, ticket):
         for event in self._watchers.get(ticket, ()):
             event.set()

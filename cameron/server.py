@@ -78,11 +78,20 @@ def assemble(config, catalogue, client, process=None):
     return Parts(app, dispatcher, liveness, steps, process)
 
 
+def listen(host, port):
+    """The API's listening socket. TCP_NODELAY, which accepted sockets inherit: pywsgi
+    writes a response's headers and body apart, and Nagle's algorithm would hold the body
+    until the client's delayed ACK, 40 ms later, on every keep-alive request."""
+    listener = socket.create_server((host, port), backlog=2048)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return listener
+
+
 def serve(config, catalogue, client):
     # Listen first: the port is part of the default process id, and holding it proves that
     # no live process has that id, so what an earlier one left can be taken back at once.
     try:
-        listener = socket.create_server((config.host, config.port), backlog=2048)
+        listener = listen(config.host, config.port)
     except OSError as e:
         log.error('cannot listen on %s:%s: %s', config.host, config.port, e.strerror)
         return 1
@@ -92,23 +101,25 @@ def serve(config, catalogue, client):
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
-    try:
-        parts.liveness.start()
-    except StoreUnavailable as e:
-        log.error('cannot start: %s', e)
-        return 1
-    parts.dispatcher.start()
+    if config.dispatch:
+        try:
+            parts.liveness.start()
+        except StoreUnavailable as e:
+            log.error('cannot start: %s', e)
+            return 1
+        parts.dispatcher.start()
     server.start()
     log.info('cameron %s listening on http://%s:%d (process %s, namespace %s, %d workflows)',
              __version__, config.host, port, parts.process, config.namespace, len(catalogue))
     stop.wait()
     log.info('stopping: no new requests; running tickets get %ss to finish', config.drain_timeout)
     server.stop(timeout=1)
-    finished = parts.dispatcher.stop(config.drain_timeout)
-    try:
-        parts.liveness.stop(clean=finished)
-    except StoreUnavailable as e:
-        log.warning('could not leave the process registry: %s', e)
+    if config.dispatch:
+        finished = parts.dispatcher.stop(config.drain_timeout)
+        try:
+            parts.liveness.stop(clean=finished)
+        except StoreUnavailable as e:
+            log.warning('could not leave the process registry: %s', e)
     parts.steps.close()
     log.info('stopped')
     return 0

@@ -16,7 +16,6 @@ parallel, error (JSON). Times are ISO 8601 UTC with milliseconds.
 Nothing else in Cameron imports redis: a lost connection leaves this module as
 StoreUnavailable.
 """
-import datetime
 import functools
 import json
 import time
@@ -100,8 +99,13 @@ def step_sort_key(step_id):
 
 def timestamp(seconds):
     """ISO 8601 UTC with milliseconds, as every status.{state}.time field holds."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.strftime('%Y-%m-%dT%H:%M:%S.') + f'{moment.microsecond // 1000:03d}Z'
+    whole = int(seconds)
+    if whole != _second[0]:  # formatting is the slow part; it changes once a second
+        _second[:] = [whole, time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))]
+    return f'{_second[1]}.{int((seconds - whole) * 1000):03d}Z'
+
+
+_second = [None, '']
 
 
 class _GroupCommit:
@@ -110,8 +114,9 @@ class _GroupCommit:
     returns (or raises) once its batch is written. Under load, hundreds of step records cost
     one round trip; alone, a write waits one turn of the event loop."""
 
-    def __init__(self, client):
+    def __init__(self, client, transaction=False):
         self.redis = client
+        self.transaction = transaction  # MULTI/EXEC around each batch: all of it or nothing
         self._batch = _Batch()
         self._sender = None
 
@@ -130,7 +135,7 @@ class _GroupCommit:
             while self._batch.fields:
                 batch, self._batch = self._batch, _Batch()
                 try:
-                    with self.redis.pipeline(transaction=False) as pipe:
+                    with self.redis.pipeline(transaction=self.transaction) as pipe:
                         for key, fields in batch.fields.items():
                             pipe.hset(key, mapping=fields)
                         for name, *args in batch.then:
@@ -158,6 +163,7 @@ class Store:
         self.ticket_ttl = ticket_ttl
         self._clock = clock
         self._writes = _GroupCommit(client)
+        self._starts = _GroupCommit(client, transaction=True)
 
     def _status(self, state, prefix=''):
         return {f'{prefix}status.current': state,
@@ -169,14 +175,14 @@ class Store:
 
     @_unavailable_on_redis_errors
     def push_ticket(self, workflow, ticket, key, data, idempotency=None):
-        """Create the ticket's hash and queue it, in one transaction. With an idempotency key
-        seen before (within ticket_ttl), create nothing and return the earlier ticket."""
+        """Create the ticket's hash and queue it, in one transaction (which concurrent starts
+        share). With an idempotency key seen before (within ticket_ttl), create nothing and
+        return the earlier ticket."""
+        if idempotency is None:
+            self._starts.write(*self._new_ticket(workflow, ticket, key, data))
+            return ticket
+        guard = idempotency_key(self.ns, workflow, idempotency)
         with self.redis.pipeline(transaction=True) as pipe:
-            if idempotency is None:
-                self._queue_new(pipe, workflow, ticket, key, data)
-                pipe.execute()
-                return ticket
-            guard = idempotency_key(self.ns, workflow, idempotency)
             while True:
                 try:
                     pipe.watch(guard)  # two starts with one key: one EXEC wins, one sees it
@@ -185,16 +191,20 @@ class Store:
                         return earlier
                     pipe.multi()
                     pipe.set(guard, ticket, ex=self.ticket_ttl)
-                    self._queue_new(pipe, workflow, ticket, key, data)
+                    ticket_hash, fields, then = self._new_ticket(workflow, ticket, key, data)
+                    pipe.hset(ticket_hash, mapping=fields)
+                    for name, *args in then:
+                        getattr(pipe, name)(*args)
                     pipe.execute()
                     return ticket
                 except redis.WatchError:
                     continue
 
-    def _queue_new(self, pipe, workflow, ticket, key, data):
-        pipe.hset(ticket_key(self.ns, workflow, ticket), mapping={
-            'payload.key': key, 'payload.data': json.dumps(data), **self._status('enqueued')})
-        pipe.lpush(incoming_key(self.ns, workflow), ticket)
+    def _new_ticket(self, workflow, ticket, key, data):
+        """(ticket key, its first fields, [the command that queues it])."""
+        return (ticket_key(self.ns, workflow, ticket),
+                {'payload.key': key, 'payload.data': json.dumps(data), **self._status('enqueued')},
+                [('lpush', incoming_key(self.ns, workflow), ticket)])
 
     @_unavailable_on_redis_errors
     def take_tickets(self, workflows, process):

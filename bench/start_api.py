@@ -1,0 +1,74 @@
+"""Start API throughput: sustained POST /api/workflow/{name}/start requests per second of
+one Cameron process (API only, --no-dispatch, on a real Redis), against a bare
+gevent.pywsgi server measured the same way in the same run. Prints both and their ratio.
+Usage: python bench/start_api.py [--seconds 10] [--connections 50]"""
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import gevent.pool
+
+import harness
+
+POST_BODY = json.dumps({'key': '42', 'data': {'order': 42, 'lines': [1, 2, 3]}})
+
+
+def load(url, seconds, connections):
+    """Requests per second that `connections` clients get from url: wrk if installed,
+    else a gevent driver (which costs more CPU itself, on the same machine)."""
+    if shutil.which('wrk'):
+        script = harness.WORK / 'post.lua'
+        script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(POST_BODY)}\n'
+                          'wrk.headers["Content-Type"] = "application/json"\n')
+        out = subprocess.run(['wrk', '-t1', f'-c{connections}', f'-d{seconds}s', '-s',
+                              str(script), url], capture_output=True, text=True).stdout
+        if 'Requests/sec' not in out:
+            raise SystemExit(f'wrk did not run: {out}')
+        errors = re.search(r'Non-2xx or 3xx responses: (\d+)', out)
+        return float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1)), \
+            int(errors.group(1)) if errors else 0, 'wrk'
+    http = harness.session(connections)
+    done, errors = [0], [0]
+    stop = time.monotonic() + seconds
+
+    def client():
+        while time.monotonic() < stop:
+            status = http.post(url, data=POST_BODY, timeout=30).status_code
+            done[0] += 1
+            errors[0] += status != 201
+
+    began = time.monotonic()
+    gevent.pool.Pool(connections).map(lambda _: client(), range(connections))
+    return done[0] / (time.monotonic() - began), errors[0], 'gevent driver'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--seconds', type=int, default=10)
+    parser.add_argument('--connections', type=int, default=50)
+    args = parser.parse_args()
+    redis_url = harness.start_redis()
+    port = harness.free_port()
+    hello = harness.spawn([sys.executable, str(harness.ROOT / 'bench' / 'hello.py'), str(port)],
+                          'hello')
+    harness.wait_for_port(port, hello)
+    baseline, _, driver = load(f'http://127.0.0.1:{port}/', args.seconds, args.connections)
+    catalogue = harness.write_catalogue('http://127.0.0.1:9', 'bench')
+    cameron, base = harness.start_cameron(redis_url, catalogue, '--no-dispatch')
+    starts, errors, _ = load(f'{base}/api/workflow/bench/start', args.seconds, args.connections)
+    figures = {'starts_per_s': round(starts, 1), 'hello_per_s': round(baseline, 1),
+               'ratio': round(starts / baseline, 3), 'errors': errors, 'driver': driver,
+               'connections': args.connections, 'seconds': args.seconds}
+    harness.report('start_api', figures,
+                   f'{starts:.0f} starts/s against {baseline:.0f} req/s of a bare '
+                   f'gevent.pywsgi server: ratio {starts / baseline:.2f} (goal >= 0.6), '
+                   f'{errors} errors, load by {driver}')
+    return 1 if errors else 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
