@@ -3,6 +3,7 @@ clean stop on SIGTERM or SIGINT."""
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -87,6 +88,18 @@ def listen(host, port):
     return listener
 
 
+def raise_open_file_limit(wanted):
+    """Every step call in flight and every client holds a file descriptor: lift the soft
+    limit to the hard one, and say so, and say when even that is short of `wanted`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info('open-file limit raised from %d to %d', soft, hard)
+    if hard < wanted:
+        log.warning('open-file limit %d is below the %d that max_outgoing_requests and '
+                    'redis_connections may need', hard, wanted)
+
+
 def serve(config, catalogue, client):
     # Listen first: the port is part of the default process id, and holding it proves that
     # no live process has that id, so what an earlier one left can be taken back at once.
@@ -96,6 +109,7 @@ def serve(config, catalogue, client):
         log.error('cannot listen on %s:%s: %s', config.host, config.port, e.strerror)
         return 1
     port = listener.getsockname()[1]
+    raise_open_file_limit(config.max_outgoing_requests + config.redis_connections + 1024)
     parts = assemble(config, catalogue, client, config.process_id or f'{socket.gethostname()}:{port}')
     server = WSGIServer(listener, parts.app, log=None, error_log=logging.getLogger('cameron.http'))
     stop = gevent.event.Event()

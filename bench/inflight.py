@@ -1,0 +1,81 @@
+"""Many tickets in flight: fan7 tickets whose every step takes 200 ms, all started at once
+through the API. Prints the wall time from the first start to the last ticket done against
+the ideal (3 levels x 200 ms), the CPU-bound floor (steps / the fan7 steps/s of this machine
+is not measured here: see fan7.py), the server's peak memory and memory per ticket in flight.
+Usage: python bench/inflight.py [--tickets 10000] [--delay 0.2] [--outgoing 4000]"""
+import argparse
+import time
+
+import gevent.pool
+import redis
+
+import harness
+
+DEPTH = 3  # start -> act_5 -> act_5_sub_1
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--tickets', type=int, default=10_000)
+    parser.add_argument('--delay', type=float, default=0.2)
+    parser.add_argument('--outgoing', type=int, default=4000,
+                        help='max_outgoing_requests (each is a file descriptor)')
+    parser.add_argument('--timeout', type=float, default=600)
+    args = parser.parse_args()
+    redis_url = harness.start_redis()
+    steps = harness.start_slow_steps(args.delay)
+    catalogue = harness.write_catalogue(steps, 'fan7')
+    cameron, base = harness.start_cameron(
+        redis_url, catalogue, '--max-outgoing-requests', str(args.outgoing),
+        '--max-running-tickets', str(max(args.tickets, 1)), '--namespace', 'bench')
+    harness.run_tickets([base], 'fan7', 20, 20)  # warm up
+    rss_before = harness.rss_kib(cameron.pid)
+    cpu_before = harness.cpu_seconds(cameron.pid)
+
+    http = harness.session(200)
+    tickets = []
+
+    def start(i):
+        answer = http.post(f'{base}/api/workflow/fan7/start', data=f'{{"key": "m{i}"}}', timeout=60)
+        tickets.append(answer.json()['ticket'])
+
+    began = time.monotonic()
+    gevent.pool.Pool(200).map(start, range(args.tickets))
+    started = time.monotonic() - began
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    states = _states(client, tickets)
+    while sum(s in ('done', 'error') for s in states) < len(tickets):
+        if time.monotonic() - began > args.timeout:
+            break
+        time.sleep(0.2)
+        states = _states(client, tickets)
+    wall = time.monotonic() - began
+    cpu = harness.cpu_seconds(cameron.pid) - cpu_before
+    peak = harness.peak_rss_kib(cameron.pid)
+    done = states.count('done')
+    ideal = DEPTH * args.delay
+    figures = {'tickets': args.tickets, 'done': done, 'errors': len(tickets) - done,
+               'step_delay_s': args.delay, 'wall_s': round(wall, 2), 'ideal_s': ideal,
+               'start_phase_s': round(started, 2),
+               'steps_per_s': round(done * harness.STEPS_PER_TICKET / wall, 1),
+               'cpu_s': round(cpu, 1), 'peak_rss_mib': round(peak / 1024, 1),
+               'kib_per_ticket': round((peak - rss_before) / max(args.tickets, 1), 1),
+               'max_outgoing_requests': args.outgoing}
+    harness.report('inflight', figures,
+                   f'{done}/{args.tickets} tickets done in {wall:.1f}s (ideal {ideal:.1f}s; '
+                   f'starting them took {started:.1f}s), {figures["steps_per_s"]} steps/s, '
+                   f'peak RSS {figures["peak_rss_mib"]} MiB, '
+                   f'{figures["kib_per_ticket"]} KiB per ticket in flight, '
+                   f'{figures["errors"]} errors')
+    return 1 if figures['errors'] else 0
+
+
+def _states(client, tickets):
+    with client.pipeline(transaction=False) as pipe:
+        for ticket in tickets:
+            pipe.hget(f'bench:workflow:fan7:ticket:{ticket}', 'status.current')
+        return pipe.execute()
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
