@@ -19,10 +19,10 @@ MAX_KEY_LENGTH = 1024
 MAX_WAIT = 60.0
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _TICKET_PATTERN = re.compile(r'[0-9a-f]{32}')
-_FIRST_LOOK, _LAST_LOOK = 0.05, 1.0  # seconds between looks at a ticket not running here
+_LOOK_EVERY = 1.0  # seconds between looks at the status of a ticket waited for
 
 
-def make_app(config, catalogue, store, dispatcher):
+def make_app(config, catalogue, store, dispatcher, endings):
     app = bottle.Bottle()
     app.install(_json_errors)
     if config.api_tokens:
@@ -56,7 +56,7 @@ def make_app(config, catalogue, store, dispatcher):
         wait = _wait_seconds(bottle.request.query.get('wait'))
         if not _TICKET_PATTERN.fullmatch(ticket):
             raise bottle.HTTPError(404, f'unknown ticket {ticket!r}')
-        record = _wait_until_finished(store, dispatcher, name, ticket, wait) if wait else None
+        record = _wait_until_finished(store, endings, name, ticket, wait) if wait else None
         record = record or store.read_ticket(name, ticket)
         if record is None:
             raise bottle.HTTPError(404, f'unknown ticket {ticket!r} of workflow {name!r}')
@@ -80,29 +80,26 @@ def make_app(config, catalogue, store, dispatcher):
     return app
 
 
-def _wait_until_finished(store, dispatcher, workflow, ticket, seconds):
-    """Wait until the ticket has finished or `seconds` have passed. While the ticket runs
-    in this process, the dispatcher wakes the wait when it ends; a ticket queued or running
-    elsewhere is looked at after 50 ms, then less and less often, up to once a second.
-    Returns the record if it was read on the way, else None."""
+def _wait_until_finished(store, endings, workflow, ticket, seconds):
+    """Wait until the ticket has finished or `seconds` have passed; the end of the ticket,
+    here or in another process, wakes the wait, and its status is looked at every
+    _LOOK_EVERY seconds in case that news was lost. Returns the record if it was read on
+    the way, else None."""
     deadline = time.monotonic() + seconds
-    pause = _FIRST_LOOK
-    with dispatcher.watching(ticket) as news:  # set when the ticket starts or ends here
+    with endings.watching(ticket) as ended:
         status = store.ticket_status(workflow, ticket)
         while status not in (*FINISHED, None):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if not news.wait(left if dispatcher.runs(workflow, ticket) else min(pause, left)):
+            if not ended.wait(min(_LOOK_EVERY, left)):
                 status = store.ticket_status(workflow, ticket)
-                pause = min(pause * 2, _LAST_LOOK)
                 continue
-            news.clear()
-            if not dispatcher.runs(workflow, ticket):  # it ended here: read it all now
-                record = store.read_ticket(workflow, ticket)
-                if record is None or record['status'].get('current') in FINISHED:
-                    return record
-                status = record['status'].get('current')  # killed here, not finished
+            ended.clear()
+            record = store.read_ticket(workflow, ticket)
+            if record is None or record['status'].get('current') in FINISHED:
+                return record
+            status = record['status'].get('current')  # stopped without finishing
     return None
 
 

@@ -6,7 +6,6 @@ looks at the queues every poll_interval anyway, for tickets started through othe
 processes. It never spins on an empty queue.
 """
 import collections
-import contextlib
 import logging
 
 import gevent
@@ -21,7 +20,8 @@ MAX_BACKOFF = 5.0  # seconds between looks at a Redis that does not answer
 
 
 class Dispatcher:
-    def __init__(self, store, worker, catalogue, process, max_running_tickets, poll_interval):
+    def __init__(self, store, worker, catalogue, process, max_running_tickets, poll_interval,
+                 endings):
         self.store = store
         self.worker = worker
         self.catalogue = catalogue
@@ -34,7 +34,7 @@ class Dispatcher:
         self._wake = gevent.event.Event()
         self._stopping = False
         self._loop = None
-        self._watchers = {}  # ticket -> set of Events set when it ends here
+        self.endings = endings  # told when a ticket ends here
         self._running = {}  # (workflow, ticket) -> its greenlet
 
     def start(self):
@@ -61,7 +61,6 @@ class Dispatcher:
             self._running[workflow, ticket] = greenlet
             # A link, not a finally: it also runs for a greenlet killed before it started.
             greenlet.link(lambda _, key=(workflow, ticket): self._ended(*key))
-            self._tell_watchers(ticket)
         return len(taken)
 
     def fence(self):
@@ -105,24 +104,6 @@ class Dispatcher:
             self.tickets.kill()
         return finished
 
-    def runs(self, workflow, ticket):
-        """True while the ticket runs in this process."""
-        return (workflow, ticket) in self._running
-
-    @contextlib.contextmanager
-    def watching(self, ticket):
-        """An Event set when the ticket starts or ends in this process, while the block
-        runs."""
-        event = gevent.event.Event()
-        self._watchers.setdefault(ticket, set()).add(event)
-        try:
-            yield event
-        finally:
-            events = self._watchers[ticket]
-            events.discard(event)
-            if not events:
-                del self._watchers[ticket]
-
     def _run_loop(self):
         backoff = 0.0
         while not self._stopping:
@@ -161,8 +142,4 @@ class Dispatcher:
 
     def _ended(self, workflow, ticket):
         self._running.pop((workflow, ticket), None)
-        self._tell_watchers(ticket)
-
-    def _tell_watchers(self, ticket):
-        for event in self._watchers.get(ticket, ()):
-            event.set()
+        self.endings.tell(ticket)  # at once, and also if it ended without finishing

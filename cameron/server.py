@@ -19,6 +19,7 @@ from .api import make_app
 from .catalogue import load_catalogue
 from .config import load_config
 from .dispatcher import Dispatcher
+from .endings import Endings
 from .errors import ConfigError, CatalogueError, StoreUnavailable
 from .recovery import Liveness
 from .stepclient import StepClient
@@ -59,6 +60,7 @@ class Parts:
     app: object
     dispatcher: Dispatcher
     liveness: Liveness
+    endings: Endings
     steps: StepClient
     process: str
 
@@ -69,14 +71,15 @@ def assemble(config, catalogue, client, process=None):
     steps = StepClient(config.max_outgoing_requests, config.max_response_bytes,
                        config.retry_backoff)
     worker = Worker(store, steps, process, config.max_fanout)
+    endings = Endings(store)
     dispatcher = Dispatcher(store, worker, catalogue, process, config.max_running_tickets,
-                            config.poll_interval)
+                            config.poll_interval, endings)
     liveness = Liveness(store, process, catalogue, config.heartbeat_ttl,
                         on_requeued=dispatcher.notify, on_presumed_dead=dispatcher.fence)
-    app = make_app(config, catalogue, store, dispatcher)
+    app = make_app(config, catalogue, store, dispatcher, endings)
     if config.demo:
         app.mount('/demo/', demo.make_app())
-    return Parts(app, dispatcher, liveness, steps, process)
+    return Parts(app, dispatcher, liveness, endings, steps, process)
 
 
 def listen(host, port):
@@ -122,6 +125,7 @@ def serve(config, catalogue, client):
             log.error('cannot start: %s', e)
             return 1
         parts.dispatcher.start()
+    parts.endings.start()
     server.start()
     log.info('cameron %s listening on http://%s:%d (process %s, namespace %s, %d workflows)',
              __version__, config.host, port, parts.process, config.namespace, len(catalogue))
@@ -134,6 +138,7 @@ def serve(config, catalogue, client):
             parts.liveness.stop(clean=finished)
         except StoreUnavailable as e:
             log.warning('could not leave the process registry: %s', e)
+    parts.endings.stop()
     parts.steps.close()
     log.info('stopped')
     return 0

@@ -7,6 +7,7 @@
     {ns}:workflow:{name}:idempotency:{key}           string  the ticket a start with this Idempotency-Key made
     {ns}:processes                                   hash    process id -> the workflows it takes from
     {ns}:process:{process}:heartbeat                 string  present while the process lives (TTL)
+    {ns}:endings                                     pubsub  each ticket id as the ticket ends
 
 Ticket hash fields: payload.key, payload.data (JSON), status.current, status.{state}.time,
 and for each step step.{id}.{field}: name, url, parent, requestor, answer_name,
@@ -50,6 +51,10 @@ def ticket_key(ns, workflow, ticket):
 
 def idempotency_key(ns, workflow, key):
     return f'{ns}:workflow:{workflow}:idempotency:{key}'
+
+
+def endings_channel(ns):
+    return f'{ns}:endings'
 
 
 def processes_key(ns):
@@ -235,7 +240,21 @@ class Store:
         key = ticket_key(self.ns, workflow, ticket)
         self._writes.write(key, self._status(state), then=[
             ('expire', key, self.ticket_ttl),
-            ('lrem', processing_key(self.ns, workflow, process), 1, ticket)])
+            ('lrem', processing_key(self.ns, workflow, process), 1, ticket),
+            ('publish', endings_channel(self.ns), ticket)])
+
+    @_unavailable_on_redis_errors
+    def listen_endings(self, told):
+        """Call told(ticket) for each ticket that ends, in any process, until Redis fails."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(endings_channel(self.ns))
+            while True:
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    told(message['data'])
+        finally:
+            pubsub.close()
 
     @_unavailable_on_redis_errors
     def drop_ticket(self, workflow, ticket, process):

@@ -240,7 +240,7 @@ class Cameron:
 
     def __init__(self, parts, client, namespace, heartbeat=True):
         self.parts = parts
-        self.heartbeat = heartbeat  # off for a Redis that is not there
+        self.heartbeat = heartbeat  # heartbeats and endings; off for a Redis that is not there
         self.dispatcher = parts.dispatcher
         self.redis = client
         self.ns = namespace
@@ -249,6 +249,7 @@ class Cameron:
         self.base = f'http://127.0.0.1:{self.server.server_port}'
         if heartbeat:
             parts.liveness.start()
+            parts.endings.start()
         self.dispatcher.start()
 
     def start(self, workflow, key='k1', data=None, **kwargs):
@@ -272,6 +273,7 @@ class Cameron:
         finished = self.dispatcher.stop(timeout=5)
         if self.heartbeat:
             self.parts.liveness.stop(clean=finished)
+            self.parts.endings.stop()
         self.parts.steps.close()
 
 
