@@ -125,15 +125,17 @@ class _GroupCommit:
         self._batch = _Batch()
         self._sender = None
 
-    def write(self, key, fields, then=()):
+    def write(self, key, fields, then=(), wait=True):
         """HSET fields on key; then, after every HSET of the batch, the commands in `then`,
-        each a tuple (pipeline method name, *arguments)."""
+        each a tuple (pipeline method name, *arguments). With wait=False, return at once:
+        for a write that a later, waited-for write of the same caller makes good."""
         batch = self._batch
         batch.fields.setdefault(key, {}).update(fields)  # later writes win, as in Redis
         batch.then.extend(then)
         if self._sender is None:
             self._sender = gevent.spawn(self._send)
-        batch.written.get()
+        if wait:
+            batch.written.get()
 
     def _send(self):
         try:
@@ -267,11 +269,14 @@ class Store:
 
     @_unavailable_on_redis_errors
     def record_step(self, workflow, ticket, step_id, state, **fields):
-        """Write a step's state and the given fields (see the module doc for the encoding)."""
+        """Write a step's state and the given fields (see the module doc for the encoding).
+        A step's 'running' record is sent without waiting for Redis (its end, written
+        later, is waited for, and holds the step's identity again)."""
         mapping = {f'step.{step_id}.{name}': _encode(name, value)
                    for name, value in fields.items() if value is not None}
         mapping.update(self._status(state, prefix=f'step.{step_id}.'))
-        self._writes.write(ticket_key(self.ns, workflow, ticket), mapping)
+        self._writes.write(ticket_key(self.ns, workflow, ticket), mapping,
+                           wait=state != 'running')
 
     @_unavailable_on_redis_errors
     def read_ticket(self, workflow, ticket):

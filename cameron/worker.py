@@ -33,6 +33,12 @@ class _Call:
     parent: str = None
     requestor: str = None
 
+    def identity(self):
+        """The fields that place the step in the tree, in each of its records: the running
+        one is sent without waiting for Redis, so the final one must stand on its own."""
+        return {'name': self.name, 'url': self.url, 'parent': self.parent,
+                'requestor': self.requestor}
+
 
 @dataclasses.dataclass
 class _TicketRun:
@@ -115,8 +121,7 @@ class Worker:
     def _call_step(self, run, call):
         """Call the step and record the outcome; the Answer, or None if the step failed."""
         workflow = run.workflow
-        self.store.record_step(workflow.name, run.ticket, call.id, 'running', name=call.name,
-                               url=call.url, parent=call.parent, requestor=call.requestor)
+        self.store.record_step(workflow.name, run.ticket, call.id, 'running', **call.identity())
         left = run.deadline - self._clock()
         if left <= 0:
             self._fail(run, call, protocol.step_error(
@@ -142,13 +147,13 @@ class Worker:
         self.store.record_step(
             workflow.name, run.ticket, call.id, 'done', data=answer.data,
             next=[{'name': s.name, 'url': s.url} for s in answer.next],
-            parallel=answer.parallel, answer_name=answer.name, **outcome)
+            parallel=answer.parallel, answer_name=answer.name, **call.identity(), **outcome)
         return answer
 
     def _fail(self, run, call, error, **outcome):
         run.failed = True
         self.store.record_step(run.workflow.name, run.ticket, call.id, 'error', error=error,
-                               **outcome)
+                               **call.identity(), **outcome)
         log.warning('ticket %s/%s step %s (%s): %s: %s', run.workflow.name, run.ticket,
                     call.id, call.name, error['type'], error['message'])
 
