@@ -19,7 +19,7 @@ MAX_KEY_LENGTH = 1024
 MAX_WAIT = 60.0
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _TICKET_PATTERN = re.compile(r'[0-9a-f]{32}')
-_LOOK_EVERY = 1.0  # seconds between looks at the status of a ticket waited for
+_LOOK_EVERY, _LOOK_EVERY_UNTOLD = 10.0, 0.5  # seconds between looks at a waited-for ticket
 
 
 def make_app(config, catalogue, store, dispatcher, endings):
@@ -82,9 +82,9 @@ def make_app(config, catalogue, store, dispatcher, endings):
 
 def _wait_until_finished(store, endings, workflow, ticket, seconds):
     """Wait until the ticket has finished or `seconds` have passed; the end of the ticket,
-    here or in another process, wakes the wait, and its status is looked at every
-    _LOOK_EVERY seconds in case that news was lost. Returns the record if it was read on
-    the way, else None."""
+    here or in another process, wakes the wait. Its status is looked at now and then too,
+    often while the news of endings does not arrive (Redis lost), else seldom, in case that
+    news was lost. Returns the record if it was read on the way, else None."""
     deadline = time.monotonic() + seconds
     with endings.watching(ticket) as ended:
         status = store.ticket_status(workflow, ticket)
@@ -92,7 +92,8 @@ def _wait_until_finished(store, endings, workflow, ticket, seconds):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if not ended.wait(min(_LOOK_EVERY, left)):
+            look_every = _LOOK_EVERY if endings.listening else _LOOK_EVERY_UNTOLD
+            if not ended.wait(min(look_every, left)):
                 status = store.ticket_status(workflow, ticket)
                 continue
             ended.clear()

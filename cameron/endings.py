@@ -18,6 +18,7 @@ class Endings:
         self.store = store
         self._watchers = {}  # ticket -> set of Events
         self._listener = None
+        self.listening = False  # subscribed now: news of every ending arrives
 
     @contextlib.contextmanager
     def watching(self, ticket):
@@ -47,12 +48,16 @@ class Endings:
         backoff = 0.0
         while True:
             try:
-                self.store.listen_endings(self._told)
+                self.store.listen_endings(self._told, self._subscribed)
             except StoreUnavailable as e:
+                self.listening = False
                 # Waiters still look at their tickets' status now and then meanwhile.
                 backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
                 log.warning('endings: %s; listening again in %.1fs', e, backoff)
                 gevent.sleep(backoff)
+
+    def _subscribed(self):
+        self.listening = True
 
     def _told(self, ticket):
         if ticket in self._watchers:

@@ -246,11 +246,13 @@ class Store:
             ('publish', endings_channel(self.ns), ticket)])
 
     @_unavailable_on_redis_errors
-    def listen_endings(self, told):
-        """Call told(ticket) for each ticket that ends, in any process, until Redis fails."""
+    def listen_endings(self, told, subscribed):
+        """Call subscribed() once listening, then told(ticket) for each ticket that ends,
+        in any process, until Redis fails."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(endings_channel(self.ns))
+            subscribed()
             while True:
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None:
