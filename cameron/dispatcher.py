@@ -36,6 +36,8 @@ class Dispatcher:
         self._loop = None
         self.endings = endings  # told when a ticket ends here
         self._running = {}  # (workflow, ticket) -> its greenlet
+        self._orphans = set()  # held in Redis but not running here, at the last look
+        self.suspended = False  # no lease on Redis: take nothing, run nothing
 
     def start(self):
         self._loop = gevent.spawn(self._run_loop)
@@ -47,7 +49,7 @@ class Dispatcher:
     def run_once(self):
         """Take what tickets there is room for and spawn them; returns how many."""
         room = min(self.tickets.free_count(), BATCH)
-        if not room or not self._names:
+        if not room or not self._names or self.suspended:
             return 0
         taken = self.store.take_tickets(self._asks(room), self.process)
         self._learn(taken)
@@ -60,17 +62,36 @@ class Dispatcher:
             greenlet = self.tickets.spawn(self._run_ticket, workflow, ticket, record)
             self._running[workflow, ticket] = greenlet
             # A link, not a finally: it also runs for a greenlet killed before it started.
-            greenlet.link(lambda _, key=(workflow, ticket): self._ended(*key))
+            greenlet.link(lambda g, key=(workflow, ticket): self._ended(key, g))
         return len(taken)
 
-    def fence(self):
-        """Stop running the tickets that are no longer in this process's processing lists:
-        a peer took this process for dead and put them back, so another may run them."""
-        for (workflow, ticket), greenlet in list(self._running.items()):
-            if not self.store.holds_ticket(workflow, ticket, self.process):
-                log.warning('ticket %s/%s: taken back from this process; stopped here',
-                            workflow, ticket)
-                greenlet.kill(block=False)
+    def reconcile(self):
+        """Make what runs here match what this process holds in Redis. A ticket running
+        here but no longer held was put back by a peer that took this process for dead:
+        stop it, another may run it. A ticket held but not running here (a take or a finish
+        cut short by Redis) is put back in its queue once two looks in a row find it so."""
+        held = self.store.held_tickets(self.process, self._names)
+        for key in [k for k in self._running if k not in held]:
+            log.warning('ticket %s/%s: taken back from this process; stopped here', *key)
+            self._running.pop(key).kill(block=False)
+        orphans = {key for key in held if key not in self._running}
+        for workflow, ticket in orphans & self._orphans:
+            log.warning('ticket %s/%s: held here but not running; put back in its queue',
+                        workflow, ticket)
+            self.store.requeue_ticket(workflow, ticket, self.process)
+            self.notify()
+        self._orphans = orphans - self._orphans
+
+    def suspend(self):
+        """Redis has not confirmed this process alive for most of a heartbeat TTL: peers
+        may soon recover its tickets, so it stops them, and takes no more, first."""
+        self.suspended = True
+        for key in list(self._running):
+            self._running.pop(key).kill(block=False)
+
+    def resume(self):
+        self.suspended = False
+        self.notify()
 
     def _asks(self, room):
         """Workflow names to take a ticket from, one entry per ticket asked for, starting
@@ -96,7 +117,8 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         if self._loop is not None:
-            self._loop.join()
+            self._loop.join(timeout=5)  # a hung Redis call must not hold the exit
+            self._loop.kill()
         finished = self.tickets.join(timeout=timeout)
         if not finished:
             log.warning('%d tickets still running after %ss; they resume on the next start',
@@ -138,8 +160,9 @@ class Dispatcher:
             # ever; resuming it would most likely meet the same fault again.
             log.exception('ticket %s/%s: unexpected error; the ticket ends in error',
                           workflow, ticket)
-            self.store.finish_ticket(workflow, ticket, self.process, 'error')
+            self.worker.end_ticket(workflow, ticket, 'error')
 
-    def _ended(self, workflow, ticket):
-        self._running.pop((workflow, ticket), None)
-        self.endings.tell(ticket)  # at once, and also if it ended without finishing
+    def _ended(self, key, greenlet):
+        if self._running.get(key) is greenlet:  # not a successor started after a kill
+            del self._running[key]
+        self.endings.tell(key[1])  # at once, and also if it ended without finishing

@@ -74,8 +74,7 @@ def assemble(config, catalogue, client, process=None):
     endings = Endings(store)
     dispatcher = Dispatcher(store, worker, catalogue, process, config.max_running_tickets,
                             config.poll_interval, endings)
-    liveness = Liveness(store, process, catalogue, config.heartbeat_ttl,
-                        on_requeued=dispatcher.notify, on_presumed_dead=dispatcher.fence)
+    liveness = Liveness(store, process, catalogue, config.heartbeat_ttl, dispatcher)
     app = make_app(config, catalogue, store, dispatcher, endings)
     if config.demo:
         app.mount('/demo/', demo.make_app())

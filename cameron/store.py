@@ -65,6 +65,15 @@ def heartbeat_key(ns, process):
     return f'{ns}:process:{process}:heartbeat'
 
 
+# Answers of a Redis that cannot take writes for now (a replica during failover, out of
+# memory, unable to persist, busy): to Cameron, as good as unreachable. redis-py has classes
+# for some of them, and leaves the others as a ResponseError that starts with the code.
+_REFUSALS = tuple(getattr(redis.exceptions, name) for name in
+                  ('ReadOnlyError', 'OutOfMemoryError', 'TryAgainError')
+                  if hasattr(redis.exceptions, name))
+_REFUSAL_CODES = ('READONLY', 'OOM', 'MISCONF', 'MASTERDOWN', 'BUSY', 'TRYAGAIN')
+
+
 def _unavailable_on_redis_errors(method):
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
@@ -72,6 +81,10 @@ def _unavailable_on_redis_errors(method):
             return method(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreUnavailable(f'Redis is unavailable: {e}') from e
+        except redis.ResponseError as e:
+            if isinstance(e, _REFUSALS) or str(e).startswith(_REFUSAL_CODES):
+                raise StoreUnavailable(f'Redis refuses writes for now: {e}') from e
+            raise
     return wrapper
 
 
@@ -216,7 +229,7 @@ class Store:
     @_unavailable_on_redis_errors
     def take_tickets(self, workflows, process):
         """Move up to one ticket from each named workflow's queue into this process's
-        processing list, mark it dispatched and read its record, in two round trips.
+        processing list, read its record and mark it dispatched unless it has ended.
         Returns [(workflow, ticket, record)]; the record has no key if the ticket had none."""
         with self.redis.pipeline(transaction=False) as pipe:
             for workflow in workflows:
@@ -224,12 +237,18 @@ class Store:
                            processing_key(self.ns, workflow, process), 'RIGHT', 'LEFT')
             taken = [(w, t) for w, t in zip(workflows, pipe.execute()) if t is not None]
             for workflow, ticket in taken:
-                key = ticket_key(self.ns, workflow, ticket)
-                pipe.hset(key, mapping=self._status('dispatched'))
-                pipe.hgetall(key)
-            fields = pipe.execute()[1::2]
-        return [(workflow, ticket, _decode_ticket(workflow, ticket, record))
-                for (workflow, ticket), record in zip(taken, fields)]
+                pipe.hgetall(ticket_key(self.ns, workflow, ticket))
+            records = [_decode_ticket(w, t, fields) for (w, t), fields in zip(taken, pipe.execute())]
+            dispatched = self._status('dispatched')
+            for record in records:
+                if record['payload']['key'] is not None \
+                        and record['status'].get('current') not in FINISHED:
+                    pipe.hset(ticket_key(self.ns, record['workflow'], record['ticket']),
+                              mapping=dispatched)
+                    record['status'].update(current='dispatched',
+                                            dispatched=dispatched['status.dispatched.time'])
+            pipe.execute()
+        return [(r['workflow'], r['ticket'], r) for r in records]
 
     @_unavailable_on_redis_errors
     def mark_ticket(self, workflow, ticket, state):
@@ -263,11 +282,32 @@ class Store:
     @_unavailable_on_redis_errors
     def drop_ticket(self, workflow, ticket, process):
         """Release a taken ticket that has no record to run (it expired or was deleted
-        while queued), with the stub that marking it dispatched made."""
+        while queued)."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.lrem(processing_key(self.ns, workflow, process), 1, ticket)
-            pipe.delete(ticket_key(self.ns, workflow, ticket))
+            pipe.delete(ticket_key(self.ns, workflow, ticket))  # a stub, if anything
             pipe.execute()
+
+    @_unavailable_on_redis_errors
+    def release_ticket(self, workflow, ticket, process):
+        """Release a taken ticket that had already ended."""
+        self.redis.lrem(processing_key(self.ns, workflow, process), 1, ticket)
+
+    @_unavailable_on_redis_errors
+    def requeue_ticket(self, workflow, ticket, process):
+        """Put one ticket this process holds back at the taking end of its queue."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(processing_key(self.ns, workflow, process), 1, ticket)
+            pipe.rpush(incoming_key(self.ns, workflow), ticket)
+            pipe.execute()
+
+    @_unavailable_on_redis_errors
+    def held_tickets(self, process, workflows):
+        """{(workflow, ticket)} in the process's processing lists."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for workflow in workflows:
+                pipe.lrange(processing_key(self.ns, workflow, process), 0, -1)
+            return {(w, t) for w, tickets in zip(workflows, pipe.execute()) for t in tickets}
 
     @_unavailable_on_redis_errors
     def record_step(self, workflow, ticket, step_id, state, **fields):
@@ -346,11 +386,6 @@ class Store:
             pipe.hdel(processes_key(self.ns), process)
             pipe.delete(heartbeat_key(self.ns, process))
             pipe.execute()
-
-    @_unavailable_on_redis_errors
-    def holds_ticket(self, workflow, ticket, process):
-        return self.redis.lpos(processing_key(self.ns, workflow, process), ticket) is not None
-
 
 def _encode(name, value):
     return value if name in _TEXT_STEP_FIELDS else json.dumps(value)

@@ -63,22 +63,27 @@ class Worker:
     def run_ticket(self, workflow, ticket, record):
         """Run the ticket, whose record was read as it was taken, to its end; returns its
         final state, or None if it has no record."""
-        if record['payload']['key'] is None:
+        key, state = record['payload']['key'], record['status'].get('current')
+        if key is None:
             log.warning('ticket %s/%s: no record (expired or deleted), dropped', workflow.name, ticket)
             self.store.drop_ticket(workflow.name, ticket, self.process)
             return None
-        key = record['payload']['key']
+        if state in FINISHED:  # it had ended, and was taken again before it was released
+            self.store.release_ticket(workflow.name, ticket, self.process)
+            return state
         run = _TicketRun(workflow, ticket, key, {s['id']: s for s in record['steps']})
         run.deadline = _epoch(record['status']['enqueued']) + workflow.deadline
-        if record['status']['current'] not in FINISHED:
-            self.store.mark_ticket(workflow.name, ticket, 'running')
-            log.info('ticket %s/%s: running', workflow.name, ticket)
-            url = protocol.expand_url(workflow.start_point_url, key)
-            self._run_step(run, _Call('1', 'start', url, record['payload']['data']))
-        state = 'error' if run.failed else 'done'
-        self.store.finish_ticket(workflow.name, ticket, self.process, state)
-        log.info('ticket %s/%s: %s', workflow.name, ticket, state)
-        return state
+        self.store.mark_ticket(workflow.name, ticket, 'running')
+        log.info('ticket %s/%s: running', workflow.name, ticket)
+        url = protocol.expand_url(workflow.start_point_url, key)
+        self._run_step(run, _Call('1', 'start', url, record['payload']['data']))
+        self.end_ticket(workflow.name, ticket, 'error' if run.failed else 'done')
+        return 'error' if run.failed else 'done'
+
+    def end_ticket(self, workflow, ticket, state):
+        """Record the ticket's final state and release it, waiting out a Redis outage."""
+        self.store.finish_ticket(workflow, ticket, self.process, state)
+        log.info('ticket %s/%s: %s', workflow, ticket, state)
 
     def _run_step(self, run, call):
         recorded = run.recorded.get(call.id)

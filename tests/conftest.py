@@ -11,6 +11,7 @@ import os  # noqa: E402
 import pathlib  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -233,6 +234,49 @@ def servers(tmp_path):
     for server in started:
         if server.process.poll() is None:
             server.kill()
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own, on a free port, writing every command to its
+    append-only file, so it can be stopped and started again without losing anything."""
+    if shutil.which('redis-server') is None:
+        if IN_CI:
+            pytest.fail('CI=true but redis-server is not installed')
+        pytest.skip('redis-server is not installed')
+    port = free_port()
+    command = ['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '',
+               '--appendonly', 'yes', '--appendfsync', 'always', '--dir', str(tmp_path)]
+    processes = []
+
+    def start():
+        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        wait_until(lambda: _answers(port), 10, 'redis-server to start')
+
+    def stop():
+        processes[-1].kill()
+        processes[-1].wait(timeout=10)
+
+    start()
+    yield f'redis://127.0.0.1:{port}/0', start, stop
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _answers(port):
+    try:
+        return redis.Redis(port=port, socket_timeout=1).ping()
+    except redis.ConnectionError:
+        return False
 
 
 class Cameron:

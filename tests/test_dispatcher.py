@@ -112,7 +112,42 @@ def test_a_ticket_put_back_and_taken_again_here_runs_once(make_cameron, step_ser
     redis_client.lmove(f'{namespace}:workflow:w:queue:processing:{process}',
                        f'{namespace}:workflow:w:queue:incoming', 'LEFT', 'RIGHT')
     cameron.dispatcher.run_once()
-    cameron.dispatcher.fence()
+    cameron.dispatcher.reconcile()
     wait_for_all(cameron, [ticket])
     assert len(step_service.received) == 1
     assert redis_client.llen(f'{namespace}:workflow:w:queue:processing:{process}') == 0
+
+
+def test_a_held_ticket_that_runs_nowhere_is_put_back_at_the_second_look(
+        make_cameron, step_service, redis_client, namespace):
+    """As after a take or a finish that Redis cut short: the ticket sits in this process's
+    processing list, but no greenlet runs it."""
+    cameron = make_cameron(slow_start(step_service, delay=0))
+    process = cameron.parts.process
+    ticket = 'ef' * 16
+    Store(redis_client, namespace, ticket_ttl=60).push_ticket('w', ticket, 'k1', None)
+    redis_client.lmove(f'{namespace}:workflow:w:queue:incoming',
+                       f'{namespace}:workflow:w:queue:processing:{process}', 'RIGHT', 'LEFT')
+    cameron.dispatcher.reconcile()
+    gevent.sleep(0.2)
+    assert step_service.received == []  # one look is not enough: it may be just taken
+    cameron.dispatcher.reconcile()
+    wait_for_all(cameron, [ticket])
+    assert len(step_service.received) == 1
+    assert redis_client.llen(f'{namespace}:workflow:w:queue:processing:{process}') == 0
+
+
+def test_a_suspended_dispatcher_stops_its_tickets_and_takes_none(
+        make_cameron, step_service, redis_client, namespace):
+    cameron = make_cameron(slow_start(step_service, delay=0.5))
+    first = cameron.start('w', key='k1').json()['ticket']
+    gevent.sleep(0.1)
+    cameron.dispatcher.suspend()
+    second = cameron.start('w', key='k2').json()['ticket']
+    gevent.sleep(0.8)
+    assert len(cameron.dispatcher.tickets) == 0 and len(step_service.received) == 1
+    assert redis_client.llen(f'{namespace}:workflow:w:queue:incoming') == 1
+    cameron.dispatcher.resume()
+    wait_for_all(cameron, [second])
+    key = f'{namespace}:workflow:w:ticket:{first}'
+    assert redis_client.hget(key, 'status.current') == 'running'  # held, for recovery

@@ -2,15 +2,13 @@
 sharing the work, Redis stopped and started again, and SIGTERM. Each checks that every
 ticket ends with the right record and that the step services saw each step recorded done
 exactly once."""
-import shutil
 import socket
-import subprocess
 import time
 
 import pytest
 import requests
 
-from .conftest import REDIS_URL, IN_CI, Reply, free_port
+from .conftest import REDIS_URL, Reply, wait_until
 
 # Real Redis only: these are about processes and sockets.
 pytestmark = pytest.mark.parametrize('redis_client', ['real'], indirect=True)
@@ -39,13 +37,6 @@ def done_steps(redis_client, namespace, ticket):
     fields = redis_client.hgetall(f'{namespace}:workflow:w:ticket:{ticket}')
     return {f.split('.')[1] for f, v in fields.items()
             if f.startswith('step.') and f.endswith('.status.current') and v == 'done'}
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f'timed out waiting for {what}'
-        time.sleep(0.05)
 
 
 def assert_all_done_once(server, tickets, step_service, done_before=None):
@@ -112,43 +103,6 @@ def test_two_processes_share_the_work_and_run_each_ticket_once(
         assert 'dispatched' in server.log.read_text()
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    """A redis-server of this test's own, on a free port, writing every command to its
-    append-only file, so it can be stopped and started again without losing anything."""
-    if shutil.which('redis-server') is None:
-        if IN_CI:
-            pytest.fail('CI=true but redis-server is not installed')
-        pytest.skip('redis-server is not installed')
-    port = free_port()
-    command = ['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '',
-               '--appendonly', 'yes', '--appendfsync', 'always', '--dir', str(tmp_path)]
-    processes = []
-
-    def start():
-        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
-        wait_until(lambda: _answers(port), 10, 'redis-server to start')
-
-    def stop():
-        processes[-1].kill()
-        processes[-1].wait(timeout=10)
-
-    start()
-    yield f'redis://127.0.0.1:{port}/0', start, stop
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _answers(port):
-    import redis
-    try:
-        return redis.Redis(port=port, socket_timeout=1).ping()
-    except redis.ConnectionError:
-        return False
-
-
 def test_redis_stopped_and_started_mid_run_loses_nothing(servers, step_service, own_redis,
                                                          redis_client, namespace):
     url, start_redis, stop_redis = own_redis
@@ -189,3 +143,40 @@ def test_sigterm_past_the_drain_timeout_exits_and_the_next_start_resumes(
     assert all(len(done_steps(redis_client, namespace, t)) < 4 for t in tickets)
     again = servers(catalogue, *flags(namespace, '--drain-timeout', '0.5'), port=server.port)
     assert_all_done_once(again, tickets, step_service)
+
+
+def test_redis_out_for_longer_than_the_lease_stops_then_resumes_everything(
+        servers, step_service, own_redis, redis_client, namespace):
+    """Redis away for longer than 0.8 x heartbeat_ttl: the process cannot know whether a
+    peer will take its tickets, so it stops them; when Redis is back they are resumed."""
+    url, start_redis, stop_redis = own_redis
+    server = servers(fan_out(step_service, delay=1.0), *flags(namespace, '--heartbeat-ttl', '1',
+                                                                redis_url=url))
+    tickets = [server.start('w', f'k{i}') for i in range(5)]
+    time.sleep(0.5)
+    stop_redis()
+    time.sleep(2.5)
+    start_redis()
+    for ticket in tickets:
+        record = server.record('w', ticket, wait=30)
+        assert record['status']['current'] == 'done', record
+        assert [s['status']['current'] for s in record['steps']] == ['done'] * 4
+    assert 'its tickets stop until it does' in server.log.read_text()
+
+
+def test_a_redis_that_refuses_writes_is_a_503_and_then_nothing_is_lost(
+        servers, step_service, own_redis, redis_client, namespace):
+    import redis
+    url, _, _ = own_redis
+    admin = redis.Redis.from_url(url)
+    server = servers(fan_out(step_service, delay=0.5), *flags(namespace, redis_url=url))
+    tickets = [server.start('w', f'k{i}') for i in range(3)]
+    admin.config_set('maxmemory', '1')  # every write now answers OOM
+    try:
+        refused = requests.post(f'{server.base}/api/workflow/w/start', json={'key': 'x'}, timeout=5)
+        assert refused.status_code == 503 and 'error' in refused.json()
+        time.sleep(1.5)  # steps answer meanwhile; their records wait for Redis
+    finally:
+        admin.config_set('maxmemory', '0')
+    assert_all_done_once(server, tickets, step_service)
+    assert 'Traceback' not in server.log.read_text()

@@ -4,6 +4,8 @@ same with real processes and kill -9 is in test_faults.py."""
 import gevent
 import pytest
 
+from cameron.dispatcher import Dispatcher
+from cameron.endings import Endings
 from cameron.recovery import Liveness
 from cameron.store import Store
 
@@ -32,11 +34,17 @@ def take_as(store, process, workflow, tickets):
         [(workflow, t) for t in tickets]
 
 
-def watcher(store, clock, on_requeued=lambda: None):
+def idle_dispatcher(store, process):
+    """A dispatcher of workflow w that is never started: it runs nothing."""
+    return Dispatcher(store, worker=None, catalogue={'w': None}, process=process,
+                      max_running_tickets=10, poll_interval=1, endings=Endings(store))
+
+
+def watcher(store, clock):
     """A Liveness for process 'alive', registered but not beating on its own."""
     store.beat('alive', ['w'], ttl=60)
     return Liveness(store, 'alive', ['w'], heartbeat_ttl=2, clock=clock,
-                    on_requeued=on_requeued, on_presumed_dead=lambda: None)
+                    dispatcher=idle_dispatcher(store, 'alive'))
 
 
 class Clock:
@@ -82,9 +90,8 @@ def test_a_dead_peer_is_recovered_at_the_second_look_half_a_ttl_later(
         store, redis_client, namespace):
     take_as(store, 'dead', 'w', ['t1', 't2'])
     redis_client.delete(f'{namespace}:process:dead:heartbeat')  # as if its TTL ran out
-    requeued = []
     clock = Clock()
-    liveness = watcher(store, clock, on_requeued=lambda: requeued.append(True))
+    liveness = watcher(store, clock)
     liveness.run_once()
     assert processing(redis_client, namespace, 'w', 'dead') == ['t2', 't1']  # only suspected
     clock.now += 0.9
@@ -94,7 +101,6 @@ def test_a_dead_peer_is_recovered_at_the_second_look_half_a_ttl_later(
     liveness.run_once()
     assert processing(redis_client, namespace, 'w', 'dead') == []
     assert incoming(redis_client, namespace, 'w') == ['t2', 't1']
-    assert requeued == [True]
     assert list(store.processes()) == ['alive']
 
 
@@ -114,8 +120,8 @@ def test_a_peer_that_beats_again_is_no_longer_suspected(store, redis_client, nam
 
 def test_start_takes_back_what_an_earlier_run_with_the_same_id_left(store, redis_client, namespace):
     take_as(store, 'host:8080', 'w', ['t1'])
-    liveness = Liveness(store, 'host:8080', ['w'], heartbeat_ttl=60, on_requeued=lambda: None,
-                        on_presumed_dead=None)
+    liveness = Liveness(store, 'host:8080', ['w'], heartbeat_ttl=60,
+                        dispatcher=idle_dispatcher(store, 'host:8080'))
     liveness.start()
     liveness.stop(clean=True)
     assert incoming(redis_client, namespace, 'w') == ['t1']
