@@ -55,7 +55,7 @@ def main():
     done = states.count('done')
     ideal = DEPTH * args.delay
     figures = {'tickets': args.tickets, 'done': done, 'errors': len(tickets) - done,
-               'step_delay_s': args.delay, 'wall_s': round(wall, 2), 'ideal_s': ideal,
+               'step_delay_s': args.delay, 'wall_s': round(wall, 2), 'ideal_s': round(ideal, 3),
                'start_phase_s': round(started, 2),
                'steps_per_s': round(done * harness.STEPS_PER_TICKET / wall, 1),
                'cpu_s': round(cpu, 1), 'peak_rss_mib': round(peak / 1024, 1),

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 MAX_KEY_LENGTH = 1024
 MAX_WAIT = 60.0
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+HEALTH_TIMEOUT = 2.0  # seconds Redis has to answer a health check
 _TICKET_PATTERN = re.compile(r'[0-9a-f]{32}')
 _LOOK_EVERY, _LOOK_EVERY_UNTOLD = 10.0, 0.5  # seconds between looks at a waited-for ticket
 
@@ -71,7 +72,8 @@ def make_app(config, catalogue, store, dispatcher, endings):
     @app.get('/api/health')
     def health():
         try:
-            store.ping()
+            with gevent.Timeout(HEALTH_TIMEOUT, StoreUnavailable('no answer in time')):
+                store.ping()  # a Redis that hangs is as unhealthy as one that is gone
         except StoreUnavailable:
             bottle.response.status = 503
             return {'status': 'unavailable', 'redis': 'unreachable'}
