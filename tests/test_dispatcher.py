@@ -125,9 +125,10 @@ def test_a_held_ticket_that_runs_nowhere_is_put_back_at_the_second_look(
     cameron = make_cameron(slow_start(step_service, delay=0))
     process = cameron.parts.process
     ticket = 'ef' * 16
-    Store(redis_client, namespace, ticket_ttl=60).push_ticket('w', ticket, 'k1', None)
-    redis_client.lmove(f'{namespace}:workflow:w:queue:incoming',
-                       f'{namespace}:workflow:w:queue:processing:{process}', 'RIGHT', 'LEFT')
+    redis_client.hset(f'{namespace}:workflow:w:ticket:{ticket}', mapping={
+        'payload.key': 'k1', 'payload.data': 'null', 'status.current': 'dispatched',
+        'status.enqueued.time': '2026-11-27T00:00:00.000Z'})
+    redis_client.lpush(f'{namespace}:workflow:w:queue:processing:{process}', ticket)
     cameron.dispatcher.reconcile()
     gevent.sleep(0.2)
     assert step_service.received == []  # one look is not enough: it may be just taken

@@ -319,9 +319,9 @@ def test_no_step_is_called_after_the_ticket_deadline(make_cameron, svc):
 
 def test_retries_stop_at_the_ticket_deadline(make_cameron, svc):
     svc.routes['/start/k1'] = Reply(500)
-    record = make_cameron({'w': workflow(svc, retries=50, deadline=0.6)},
+    record = make_cameron({'w': workflow(svc, retries=50, deadline=1.5)},
                           retry_backoff=0.1).run('w')
-    assert 2 <= record['steps'][0]['attempts'] < 10
+    assert 2 <= record['steps'][0]['attempts'] <= 8  # 0.1 + 0.2 + 0.4 + 0.8 s of pauses
 
 
 def test_a_key_cannot_inject_headers_or_change_the_url(make_cameron, svc):
