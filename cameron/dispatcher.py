@@ -113,7 +113,8 @@ class Dispatcher:
 
     def stop(self, timeout):
         """Take no more tickets, give the running ones timeout seconds, then kill the rest
-        (they stay in the processing list, to be resumed). True if all had finished."""
+        (they stay in the processing list, for Liveness.stop to put back). True if all had
+        finished."""
         self._stopping = True
         self._wake.set()
         if self._loop is not None:
@@ -121,7 +122,7 @@ class Dispatcher:
             self._loop.kill()
         finished = self.tickets.join(timeout=timeout)
         if not finished:
-            log.warning('%d tickets still running after %ss; they resume on the next start',
+            log.warning('%d tickets still running after %ss; stopped, to be resumed',
                         len(self.tickets), timeout)
             self.tickets.kill()
         return finished

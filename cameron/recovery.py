@@ -48,13 +48,15 @@ class Liveness:
                       'an earlier run of this process')
         self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._guard_lease)]
 
-    def stop(self, clean):
-        """Stop beating; with clean (nothing left running) leave the registry too."""
+    def stop(self):
+        """Stop beating, put back in the queues whatever this process still holds, for any
+        process to resume, and leave the registry. Call it once the dispatcher has stopped.
+        If Redis fails meanwhile, the registry keeps this process, and peers recover it."""
         self._stopped.set()
         gevent.joinall(self._greenlets, timeout=5)  # a hung Redis call must not hold the exit
         gevent.killall(self._greenlets)
-        if clean:
-            self.store.forget_process(self.process)
+        self._requeue(self.process, self.workflows, 'this process, stopping')
+        self.store.forget_process(self.process)
 
     def run_once(self):
         if not self._beat():

@@ -132,9 +132,9 @@ def serve(config, catalogue, client):
     log.info('stopping: no new requests; running tickets get %ss to finish', config.drain_timeout)
     server.stop(timeout=1)
     if config.dispatch:
-        finished = parts.dispatcher.stop(config.drain_timeout)
+        parts.dispatcher.stop(config.drain_timeout)
         try:
-            parts.liveness.stop(clean=finished)
+            parts.liveness.stop()
         except StoreUnavailable as e:
             log.warning('could not leave the process registry: %s', e)
     parts.endings.stop()

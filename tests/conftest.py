@@ -314,9 +314,9 @@ class Cameron:
 
     def stop(self):
         self.server.stop(timeout=1)
-        finished = self.dispatcher.stop(timeout=5)
+        self.dispatcher.stop(timeout=5)
         if self.heartbeat:
-            self.parts.liveness.stop(clean=finished)
+            self.parts.liveness.stop()
             self.parts.endings.stop()
         self.parts.steps.close()
 

@@ -61,16 +61,20 @@ def test_stop_lets_running_tickets_finish(make_cameron, step_service, redis_clie
     assert redis_client.hget(key, 'status.current') == 'done'
 
 
-def test_stop_after_drain_timeout_leaves_the_ticket_in_the_processing_list(
+def test_a_ticket_stopped_at_the_drain_timeout_goes_back_to_its_queue(
         make_cameron, step_service, redis_client, namespace):
     cameron = make_cameron(slow_start(step_service, delay=3))
     ticket = cameron.start('w', key='k1').json()['ticket']
     gevent.sleep(0.1)
     assert cameron.dispatcher.stop(timeout=0.2) is False
     processing = f'{namespace}:workflow:w:queue:processing:{cameron.parts.process}'
-    assert redis_client.lrange(processing, 0, -1) == [ticket]
+    assert redis_client.lrange(processing, 0, -1) == [ticket]  # still held, not lost
     assert redis_client.hget(f'{namespace}:workflow:w:ticket:{ticket}', 'status.current') \
         == 'running'
+    cameron.parts.liveness.stop()
+    assert redis_client.lrange(processing, 0, -1) == []
+    assert redis_client.lrange(f'{namespace}:workflow:w:queue:incoming', 0, -1) == [ticket]
+    assert redis_client.hgetall(f'{namespace}:processes') == {}
 
 
 @pytest.mark.parametrize('redis_client', ['real'], indirect=True)

@@ -123,7 +123,7 @@ def test_start_takes_back_what_an_earlier_run_with_the_same_id_left(store, redis
     liveness = Liveness(store, 'host:8080', ['w'], heartbeat_ttl=60,
                         dispatcher=idle_dispatcher(store, 'host:8080'))
     liveness.start()
-    liveness.stop(clean=True)
+    liveness.stop()
     assert incoming(redis_client, namespace, 'w') == ['t1']
     assert store.processes() == {}
 
