@@ -31,9 +31,11 @@ def make_app():
         request = bottle.request.json or {}
         gevent.sleep(random.uniform(0.01, 0.05))  # pretend to do some work
         next_steps, parallel = _NEXT.get(step, ([], 'yes'))
+        received = request.get('data') or {}
         return {'name': step,
-                'data': {'step': step, 'key': key, 'from': request.get('requestor'),
-                         'received': request.get('data')},
+                # What this step was handed shows the pipeline: its parent's data.
+                'data': {'step': step, 'key': key, 'requestor': request.get('requestor'),
+                         'handed': received.get('step')},
                 # Relative URLs resolve against this step's own URL, .../demo/{step}/{key}.
                 'next': [{'name': name, 'url': f'../{url}'} for name, url in next_steps],
                 'parallel': parallel}
