@@ -55,16 +55,23 @@ def assert_all_done_once(server, tickets, step_service, done_before=None):
             assert calls[ticket, step] == 1, (ticket, step)
 
 
+def kill_mid_run(server, count, redis_client, namespace):
+    """Start tickets, kill -9 the server once every start step is done, and return the
+    tickets with the steps each had recorded done by then."""
+    tickets = [server.start('w', f'k{i}') for i in range(count)]
+    wait_until(lambda: all(done_steps(redis_client, namespace, t) for t in tickets), 5,
+               'every start step to be done')
+    server.kill()
+    done_before = {t: done_steps(redis_client, namespace, t) for t in tickets}
+    assert any(len(steps) < 4 for steps in done_before.values())  # killed mid-run
+    return tickets, done_before
+
+
 def test_kill_9_mid_run_then_another_process_resumes_everything(
         servers, step_service, redis_client, namespace):
     catalogue = fan_out(step_service)
     first = servers(catalogue, *flags(namespace, '--heartbeat-ttl', '1'))
-    tickets = [first.start('w', f'k{i}') for i in range(20)]
-    wait_until(lambda: all(done_steps(redis_client, namespace, t) for t in tickets), 5,
-               'every start step to be done')
-    first.kill()
-    done_before = {t: done_steps(redis_client, namespace, t) for t in tickets}
-    assert any(len(steps) < 4 for steps in done_before.values())  # killed mid-run
+    tickets, done_before = kill_mid_run(first, 20, redis_client, namespace)
     second = servers(catalogue, *flags(namespace, '--heartbeat-ttl', '1'))
     assert_all_done_once(second, tickets, step_service, done_before)
     assert f'tickets of process {first_id(first)}, which stopped beating' in second.log.read_text()
@@ -78,11 +85,7 @@ def test_a_restart_on_the_same_port_resumes_at_once(servers, step_service, redis
                                                     namespace):
     catalogue = fan_out(step_service)
     first = servers(catalogue, *flags(namespace, '--heartbeat-ttl', '60'))
-    tickets = [first.start('w', f'k{i}') for i in range(5)]
-    wait_until(lambda: all(done_steps(redis_client, namespace, t) for t in tickets), 5,
-               'every start step to be done')
-    first.kill()
-    done_before = {t: done_steps(redis_client, namespace, t) for t in tickets}
+    tickets, done_before = kill_mid_run(first, 5, redis_client, namespace)
     started = time.monotonic()
     again = servers(catalogue, *flags(namespace, '--heartbeat-ttl', '60'), port=first.port)
     assert_all_done_once(again, tickets, step_service, done_before)
