@@ -99,7 +99,7 @@ def connect(url, max_connections):
         # instead of failing, so thousands of tickets share a bounded number of sockets.
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=10, decode_responses=True,
-            socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+            socket_timeout=10, socket_connect_timeout=5,
             # One quick retry hides a pooled connection gone stale (Redis restarted); longer
             # outages reach the dispatcher and the API, which back off or answer 503.
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1))
