@@ -53,6 +53,8 @@ class Dispatcher:
             return 0
         taken = self.store.take_tickets(self._asks(room), self.process)
         self._learn(taken)
+        if self.suspended:  # the lease lapsed during the take: hold them, run nothing
+            return 0
         for workflow, ticket, record in taken:
             if (workflow, ticket) in self._running:
                 # Put back by a peer that took this process for dead, and taken again here:

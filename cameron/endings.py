@@ -18,6 +18,7 @@ class Endings:
         self.store = store
         self._watchers = {}  # ticket -> set of Events
         self._listener = None
+        self._backoff = 0.0
         self.listening = False  # subscribed now: news of every ending arrives
 
     @contextlib.contextmanager
@@ -45,19 +46,20 @@ class Endings:
             self._listener.kill()
 
     def _listen(self):
-        backoff = 0.0
+        self._backoff = 0.0
         while True:
             try:
                 self.store.listen_endings(self._told, self._subscribed)
             except StoreUnavailable as e:
                 self.listening = False
                 # Waiters still look at their tickets' status now and then meanwhile.
-                backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
-                log.warning('endings: %s; listening again in %.1fs', e, backoff)
-                gevent.sleep(backoff)
+                self._backoff = min(max(self._backoff * 2, 0.1), MAX_BACKOFF)
+                log.warning('endings: %s; listening again in %.1fs', e, self._backoff)
+                gevent.sleep(self._backoff)
 
     def _subscribed(self):
         self.listening = True
+        self._backoff = 0.0
 
     def _told(self, ticket):
         if ticket in self._watchers:

@@ -76,10 +76,12 @@ class Liveness:
         self._last_beat = sent
         if self._lease_lost:
             # Nothing runs here since the lease was lost: what this process still holds
-            # goes back to the queues, for whichever process to resume.
-            self._lease_lost = False
+            # goes back to the queues, for whichever process to resume. The lease counts as
+            # back only if this beat itself came in time.
             self._requeue(self.process, self.workflows, 'this process, back from a lapse')
-            self.dispatcher.resume()
+            if self._clock() - sent <= LEASE * self.ttl:
+                self._lease_lost = False
+                self.dispatcher.resume()
         return renewed
 
     def _guard_lease(self):

@@ -69,9 +69,15 @@ def heartbeat_key(ns, process):
 # memory, unable to persist, busy): to Cameron, as good as unreachable. redis-py has classes
 # for some of them, and leaves the others as a ResponseError that starts with the code.
 _REFUSALS = tuple(getattr(redis.exceptions, name) for name in
-                  ('ReadOnlyError', 'OutOfMemoryError', 'TryAgainError')
+                  ('ReadOnlyError', 'OutOfMemoryError', 'TryAgainError', 'MasterDownError')
                   if hasattr(redis.exceptions, name))
-_REFUSAL_CODES = ('READONLY', 'OOM', 'MISCONF', 'MASTERDOWN', 'BUSY', 'TRYAGAIN')
+_REFUSAL_CODES = ('READONLY', 'OOM', 'MISCONF', 'MASTERDOWN', 'BUSY', 'TRYAGAIN', 'NOREPLICAS')
+
+
+def _is_refusal(error):
+    # In a pipeline redis-py puts "Command # N (...) of pipeline caused error: " first.
+    reply = str(error).rpartition('caused error: ')[2]
+    return isinstance(error, _REFUSALS) or reply.startswith(_REFUSAL_CODES)
 
 
 def _unavailable_on_redis_errors(method):
@@ -82,7 +88,7 @@ def _unavailable_on_redis_errors(method):
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise StoreUnavailable(f'Redis is unavailable: {e}') from e
         except redis.ResponseError as e:
-            if isinstance(e, _REFUSALS) or str(e).startswith(_REFUSAL_CODES):
+            if _is_refusal(e):
                 raise StoreUnavailable(f'Redis refuses writes for now: {e}') from e
             raise
     return wrapper
@@ -183,7 +189,10 @@ class Store:
         self.ticket_ttl = ticket_ttl
         self._clock = clock
         self._writes = _GroupCommit(client)
+        # Starts and finishes are all or nothing: Redis short of memory refuses an HSET but
+        # not the LREM that frees memory, and a ticket must never be released unrecorded.
         self._starts = _GroupCommit(client, transaction=True)
+        self._finishes = _GroupCommit(client, transaction=True)
 
     def _status(self, state, prefix=''):
         return {f'{prefix}status.current': state,
@@ -257,9 +266,9 @@ class Store:
     @_unavailable_on_redis_errors
     def finish_ticket(self, workflow, ticket, process, state):
         """Record the final state, start the expiry clock and release the ticket from the
-        processing list, in this order: a ticket is never released unrecorded."""
+        processing list, in one transaction: a ticket is never released unrecorded."""
         key = ticket_key(self.ns, workflow, ticket)
-        self._writes.write(key, self._status(state), then=[
+        self._finishes.write(key, self._status(state), then=[
             ('expire', key, self.ticket_ttl),
             ('lrem', processing_key(self.ns, workflow, process), 1, ticket),
             ('publish', endings_channel(self.ns), ticket)])

@@ -2,8 +2,10 @@
 with redis-cli, on a real Redis and on fakeredis."""
 
 import pytest
+import redis
 
-from cameron.store import Store, step_sort_key, timestamp
+from cameron.errors import StoreUnavailable
+from cameron.store import Store, _is_refusal, step_sort_key, timestamp
 
 from .conftest import keys_of
 
@@ -124,3 +126,38 @@ def test_step_sort_key_orders_numerically():
 def test_step_sort_key_value():
     assert step_sort_key('1-2-10') == (1, 2, 10)
     assert step_sort_key('1-2') < step_sort_key('1-10')
+
+
+# -- A Redis that refuses writes -----------------------------------------------------------
+
+@pytest.mark.parametrize('message', [
+    'MISCONF Redis is configured to save RDB snapshots, but it cannot persist on disk.',
+    'Command # 1 (HSET k f v) of pipeline caused error: MISCONF cannot persist on disk',
+    'Command # 2 (LPUSH q t) of pipeline caused error: NOREPLICAS Not enough good replicas',
+    'BUSY Redis is busy running a script.'])
+def test_refusals_count_as_an_unavailable_store(message):
+    assert _is_refusal(redis.ResponseError(message))
+
+
+def test_other_errors_are_not_refusals():
+    assert not _is_refusal(redis.ResponseError('WRONGTYPE Operation against a key'))
+
+
+def test_a_finish_that_redis_refuses_releases_nothing(own_redis):
+    """Redis short of memory refuses the HSET of a finish but not the LREM, which frees
+    memory: the finish is one transaction, so the ticket stays held, to be finished later."""
+    url, _, _ = own_redis
+    client = redis.Redis.from_url(url, decode_responses=True)
+    store = Store(client, 'ns', ticket_ttl=60)
+    store.push_ticket(WORKFLOW, TICKET, 'k', None)
+    store.take_tickets([WORKFLOW], 'proc-a')
+    client.config_set('maxmemory', '1')
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.finish_ticket(WORKFLOW, TICKET, 'proc-a', 'done')
+        assert client.lrange('ns:workflow:bar:queue:processing:proc-a', 0, -1) == [TICKET]
+    finally:
+        client.config_set('maxmemory', '0')
+    store.finish_ticket(WORKFLOW, TICKET, 'proc-a', 'done')
+    assert client.hget(f'ns:workflow:bar:ticket:{TICKET}', 'status.current') == 'done'
+    assert client.llen('ns:workflow:bar:queue:processing:proc-a') == 0
