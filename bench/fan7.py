@@ -27,15 +27,20 @@ def measure(redis_url, catalogue, processes, tickets, concurrency, flags=()):
             'p99_ms': round(harness.percentile(latencies, 99) * 1000, 1)}
 
 
+def prepare():
+    """A Redis, a fast step server and the fan7 catalogue: (redis URL, catalogue, step server)."""
+    redis_url = harness.start_redis()
+    steps_base, step_server = harness.start_fast_steps()
+    return redis_url, harness.write_catalogue(steps_base, 'fan7'), step_server
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--tickets', type=int, default=2000)
     parser.add_argument('--concurrency', type=int, default=500)
     parser.add_argument('--processes', type=int, default=1)
     args = parser.parse_args()
-    redis_url = harness.start_redis()
-    steps_base, step_server = harness.start_fast_steps()
-    catalogue = harness.write_catalogue(steps_base, 'fan7')
+    redis_url, catalogue, step_server = prepare()
     figures = measure(redis_url, catalogue, args.processes, args.tickets, args.concurrency)
     figures['step_server'] = step_server
     harness.report('fan7', figures,

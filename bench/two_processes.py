@@ -12,9 +12,7 @@ def main():
     parser.add_argument('--tickets', type=int, default=2000)
     parser.add_argument('--concurrency', type=int, default=500)
     args = parser.parse_args()
-    redis_url = harness.start_redis()
-    steps_base, step_server = harness.start_fast_steps()
-    catalogue = harness.write_catalogue(steps_base, 'fan7')
+    redis_url, catalogue, step_server = fan7.prepare()
     one = fan7.measure(redis_url, catalogue, 1, args.tickets, args.concurrency)
     two = fan7.measure(redis_url, catalogue, 2, args.tickets, args.concurrency)
     ratio = two['steps_per_s'] / one['steps_per_s']

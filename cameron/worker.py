@@ -71,14 +71,15 @@ class Worker:
         if state in FINISHED:  # it had ended, and was taken again before it was released
             self.store.release_ticket(workflow.name, ticket, self.process)
             return state
-        run = _TicketRun(workflow, ticket, key, {s['id']: s for s in record['steps']})
-        run.deadline = _epoch(record['status']['enqueued']) + workflow.deadline
+        run = _TicketRun(workflow, ticket, key, {s['id']: s for s in record['steps']},
+                         deadline=_epoch(record['status']['enqueued']) + workflow.deadline)
         self.store.mark_ticket(workflow.name, ticket, 'running')
         log.info('ticket %s/%s: running', workflow.name, ticket)
         url = protocol.expand_url(workflow.start_point_url, key)
         self._run_step(run, _Call('1', 'start', url, record['payload']['data']))
-        self.end_ticket(workflow.name, ticket, 'error' if run.failed else 'done')
-        return 'error' if run.failed else 'done'
+        state = 'error' if run.failed else 'done'
+        self.end_ticket(workflow.name, ticket, state)
+        return state
 
     def end_ticket(self, workflow, ticket, state):
         """Record the ticket's final state and release it, waiting out a Redis outage."""
