@@ -14,7 +14,6 @@ setup(
         'gevent>=23.9',
         'bottle>=0.12.25',
         'redis>=5.0',
-        'geventhttpclient>=2.3',  # step calls: the C parser costs a quarter of urllib3's CPU
         'hiredis>=2.0',  # Redis replies parsed in C rather than in Python
         'pyyaml>=6.0',
         'fakeredis>=2.20',  # the embedded store, used when no Redis URL is configured
