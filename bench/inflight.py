@@ -32,12 +32,12 @@ def main():
     rss_before = harness.rss_kib(cameron.pid)
     cpu_before = harness.cpu_seconds(cameron.pid)
 
-    http = harness.session(200)
     tickets = []
 
     def start(i):
-        answer = http.post(f'{base}/api/workflow/fan7/start', data=f'{{"key": "m{i}"}}', timeout=60)
-        tickets.append(answer.json()['ticket'])
+        _, _, answer = harness.call('POST', f'{base}/api/workflow/fan7/start',
+                                    f'{{"key": "m{i}"}}'.encode())
+        tickets.append(answer['ticket'])
 
     began = time.monotonic()
     gevent.pool.Pool(200).map(start, range(args.tickets))

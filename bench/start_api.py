@@ -31,13 +31,12 @@ def load(url, seconds, connections):
         errors = re.search(r'Non-2xx or 3xx responses: (\d+)', out)
         return float(re.search(r'Requests/sec:\s+([\d.]+)', out).group(1)), \
             int(errors.group(1)) if errors else 0, 'wrk'
-    http = harness.session(connections)
     done, errors = [0], [0]
     stop = time.monotonic() + seconds
 
     def client():
         while time.monotonic() < stop:
-            status = http.post(url, data=POST_BODY, timeout=30).status_code
+            status, _, _ = harness.call('POST', url, POST_BODY.encode(), timeout=30)
             done[0] += 1
             errors[0] += status != 201
 

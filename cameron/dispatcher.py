@@ -37,6 +37,7 @@ class Dispatcher:
         self.endings = endings  # told when a ticket ends here
         self._running = {}  # (workflow, ticket) -> its greenlet
         self._orphans = set()  # held in Redis but not running here, at the last look
+        self._unheld = set()  # running here but not held in Redis, at the last look
         self.suspended = False  # no lease on Redis: take nothing, run nothing
 
     def start(self):
@@ -67,15 +68,22 @@ class Dispatcher:
             greenlet.link(lambda g, key=(workflow, ticket): self._ended(key, g))
         return len(taken)
 
-    def reconcile(self):
-        """Make what runs here match what this process holds in Redis. A ticket running
-        here but no longer held was put back by a peer that took this process for dead:
-        stop it, another may run it. A ticket held but not running here (a take or a finish
-        cut short by Redis) is put back in its queue once two looks in a row find it so."""
+    def reconcile(self, lapsed=False):
+        """Make what runs here match what this process holds in Redis.
+
+        A ticket running here but no longer held is one whose end has just been written,
+        or one that a peer, taking this process for dead, put back: that one is stopped
+        (another process may run it) as soon as a look finds it so after the heartbeat had
+        `lapsed`, or else at the second look in a row. A ticket held but not running here
+        (a take or a finish cut short by Redis) is put back in its queue once two looks in
+        a row find it so."""
         held = self.store.held_tickets(self.process, self._names)
-        for key in [k for k in self._running if k not in held]:
-            log.warning('ticket %s/%s: taken back from this process; stopped here', *key)
-            self._running.pop(key).kill(block=False)
+        unheld = {key for key in self._running if key not in held}
+        for key in unheld if lapsed else unheld & self._unheld:
+            if key in self._running:
+                log.warning('ticket %s/%s: taken back from this process; stopped here', *key)
+                self._running.pop(key).kill(block=False)
+        self._unheld = unheld - self._unheld
         orphans = {key for key in held if key not in self._running}
         for workflow, ticket in orphans & self._orphans:
             log.warning('ticket %s/%s: held here but not running; put back in its queue',

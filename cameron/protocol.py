@@ -78,7 +78,7 @@ def expand_url(template, key, base=None, allowed_hosts=None):
     relative; InvalidAnswer unless it is http(s) and, if a list is given, on allowed_hosts."""
     try:
         url = template.replace('{key}', quote(key, safe=''))
-        if base:
+        if base and not url.startswith(('http://', 'https://')):  # urljoin is slow
             url = urljoin(base, url)
         parts = urlsplit(url)
         valid = parts.scheme in ('http', 'https') and parts.hostname and is_text(url)

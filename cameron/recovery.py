@@ -59,9 +59,10 @@ class Liveness:
         self.store.forget_process(self.process)
 
     def run_once(self):
-        if not self._beat():
+        lapsed = not self._beat()
+        if lapsed:
             log.warning('process %s: heartbeat had lapsed', self.process)
-        self.dispatcher.reconcile()
+        self.dispatcher.reconcile(lapsed)
         now = self._clock()
         for process, (workflows, alive) in self.store.processes().items():
             if alive or process == self.process:

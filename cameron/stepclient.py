@@ -75,7 +75,8 @@ class StepClient:
             deadline = gevent.Timeout(timeout)
             try:
                 with deadline:
-                    response = self._http.post(url, payload, headers, self.max_response_bytes)
+                    response = self._http.request('POST', url, payload, headers,
+                                                  self.max_response_bytes)
             except gevent.Timeout as e:
                 if e is not deadline:
                     raise

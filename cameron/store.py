@@ -32,9 +32,30 @@ from .errors import StoreUnavailable
 FINISHED = ('done', 'error')
 _STEP_ORDER = ('id', 'name', 'parent', 'requestor', 'url', 'status', 'attempts', 'http_status',
                'duration_ms', 'data', 'next', 'parallel', 'error', 'answer_name')
-_TEXT_STEP_FIELDS = ('name', 'url', 'parent', 'requestor', 'answer_name')
-_STEP_FIELDS = _TEXT_STEP_FIELDS + ('attempts', 'http_status', 'duration_ms', 'data', 'next',
-                                    'parallel', 'error')
+
+
+def _text(value):
+    return value
+
+
+def _flag(value):
+    return 'true' if value else 'false'  # as JSON spells it
+
+
+def _is_true(text):
+    return text == 'true'
+
+
+# How each step field is written, and read back: text as it is, numbers and flags as their
+# JSON text, the rest as JSON.
+_STEP_FIELDS = {
+    'name': (_text, _text), 'url': (_text, _text), 'parent': (_text, _text),
+    'requestor': (_text, _text), 'answer_name': (_text, _text),
+    'attempts': (str, int), 'http_status': (str, int), 'duration_ms': (repr, float),
+    'parallel': (_flag, _is_true),
+    'data': (json.dumps, json.loads), 'next': (json.dumps, json.loads),
+    'error': (json.dumps, json.loads),
+}
 
 
 def incoming_key(ns, workflow):
@@ -132,54 +153,92 @@ def timestamp(seconds):
 _second = [None, '']
 
 
-class _GroupCommit:
-    """Writes from many greenlets sent together: each caller's fields join the batch that
-    is being gathered, one greenlet sends the whole batch in one pipeline, and every caller
-    returns (or raises) once its batch is written. Under load, hundreds of step records cost
-    one round trip; alone, a write waits one turn of the event loop."""
+class _Gathering:
+    """Commands from many greenlets sent together: each caller adds its command to the
+    batch being gathered, one greenlet sends the whole batch in one pipeline, and every
+    caller returns (or raises) once its batch is done. Under load, hundreds of commands
+    cost one round trip and one pass through redis-py; alone, a command waits one turn of
+    the event loop."""
 
-    def __init__(self, client, transaction=False):
+    def __init__(self, client, new_batch):
         self.redis = client
-        self.transaction = transaction  # MULTI/EXEC around each batch: all of it or nothing
-        self._batch = _Batch()
+        self._new_batch = new_batch
+        self._batch = new_batch()
         self._sender = None
 
-    def write(self, key, fields, then=(), wait=True):
-        """HSET fields on key; then, after every HSET of the batch, the commands in `then`,
-        each a tuple (pipeline method name, *arguments). With wait=False, return at once:
-        for a write that a later, waited-for write of the same caller makes good."""
-        batch = self._batch
-        batch.fields.setdefault(key, {}).update(fields)  # later writes win, as in Redis
-        batch.then.extend(then)
+    def batch(self):
+        """The batch being gathered, which is sent at the next turn of the event loop."""
         if self._sender is None:
             self._sender = gevent.spawn(self._send)
-        if wait:
-            batch.written.get()
+        return self._batch
 
     def _send(self):
         try:
-            while self._batch.fields:
-                batch, self._batch = self._batch, _Batch()
-                try:
-                    with self.redis.pipeline(transaction=self.transaction) as pipe:
-                        for key, fields in batch.fields.items():
-                            pipe.hset(key, mapping=fields)
-                        for name, *args in batch.then:
-                            getattr(pipe, name)(*args)
-                        pipe.execute()
-                except Exception as e:  # each caller gets it, and retries or reports it
-                    batch.written.set_exception(e)
-                else:
-                    batch.written.set(None)
+            while self._batch:
+                batch, self._batch = self._batch, self._new_batch()
+                batch.send(self.redis)
         finally:
             self._sender = None
 
 
-class _Batch:
-    def __init__(self):
+class _Writes:
+    """HSETs, merged per key (later fields win, as in Redis), then other commands; in a
+    MULTI/EXEC if transaction, so that all of it or nothing is written."""
+
+    def __init__(self, transaction=False):
+        self.transaction = transaction
         self.fields = {}  # key -> {field: value}
-        self.then = []  # commands sent after the fields
+        self.then = []  # (pipeline method name, *arguments), sent after the fields
         self.written = gevent.event.AsyncResult()
+
+    def __bool__(self):
+        return bool(self.fields)
+
+    def add(self, key, fields, then=()):
+        self.fields.setdefault(key, {}).update(fields)
+        self.then.extend(then)
+
+    def send(self, client):
+        try:
+            with client.pipeline(transaction=self.transaction) as pipe:
+                for key, fields in self.fields.items():
+                    pipe.hset(key, mapping=fields)
+                for name, *args in self.then:
+                    getattr(pipe, name)(*args)
+                pipe.execute()
+        except Exception as e:  # each caller gets it, and retries or reports it
+            self.written.set_exception(e)
+        else:
+            self.written.set(None)
+
+
+class _Reads:
+    """Read commands, each with its own reply (or error) for its caller."""
+
+    def __init__(self):
+        self.commands = []  # (pipeline method name, arguments, AsyncResult)
+
+    def __bool__(self):
+        return bool(self.commands)
+
+    def add(self, name, *args):
+        reply = gevent.event.AsyncResult()
+        self.commands.append((name, args, reply))
+        return reply
+
+    def send(self, client):
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for name, args, _ in self.commands:
+                    getattr(pipe, name)(*args)
+                replies = pipe.execute(raise_on_error=False)
+        except Exception as e:
+            replies = [e] * len(self.commands)
+        for (_, _, reply), value in zip(self.commands, replies):
+            if isinstance(value, Exception):
+                reply.set_exception(value)
+            else:
+                reply.set(value)
 
 
 class Store:
@@ -188,11 +247,25 @@ class Store:
         self.ns = namespace
         self.ticket_ttl = ticket_ttl
         self._clock = clock
-        self._writes = _GroupCommit(client)
+        self._writes = _Gathering(client, _Writes)
         # Starts and finishes are all or nothing: Redis short of memory refuses an HSET but
         # not the LREM that frees memory, and a ticket must never be released unrecorded.
-        self._starts = _GroupCommit(client, transaction=True)
-        self._finishes = _GroupCommit(client, transaction=True)
+        self._starts = _Gathering(client, lambda: _Writes(transaction=True))
+        self._finishes = _Gathering(client, lambda: _Writes(transaction=True))
+        self._reads = _Gathering(client, _Reads)
+
+    @staticmethod
+    def _write(gathering, key, fields, then=(), wait=True):
+        """HSET fields on key, then the commands in `then`, with the batch being gathered.
+        With wait=False, return at once: for a write that a later, waited-for write of the
+        same caller makes good."""
+        batch = gathering.batch()
+        batch.add(key, fields, then)
+        if wait:
+            batch.written.get()
+
+    def _read(self, name, *args):
+        return self._reads.batch().add(name, *args).get()
 
     def _status(self, state, prefix=''):
         return {f'{prefix}status.current': state,
@@ -208,7 +281,7 @@ class Store:
         share). With an idempotency key seen before (within ticket_ttl), create nothing and
         return the earlier ticket."""
         if idempotency is None:
-            self._starts.write(*self._new_ticket(workflow, ticket, key, data))
+            self._write(self._starts, *self._new_ticket(workflow, ticket, key, data))
             return ticket
         guard = idempotency_key(self.ns, workflow, idempotency)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -261,14 +334,14 @@ class Store:
 
     @_unavailable_on_redis_errors
     def mark_ticket(self, workflow, ticket, state):
-        self._writes.write(ticket_key(self.ns, workflow, ticket), self._status(state))
+        self._write(self._writes, ticket_key(self.ns, workflow, ticket), self._status(state))
 
     @_unavailable_on_redis_errors
     def finish_ticket(self, workflow, ticket, process, state):
         """Record the final state, start the expiry clock and release the ticket from the
         processing list, in one transaction: a ticket is never released unrecorded."""
         key = ticket_key(self.ns, workflow, ticket)
-        self._finishes.write(key, self._status(state), then=[
+        self._write(self._finishes, key, self._status(state), then=[
             ('expire', key, self.ticket_ttl),
             ('lrem', processing_key(self.ns, workflow, process), 1, ticket),
             ('publish', endings_channel(self.ns), ticket)])
@@ -323,16 +396,17 @@ class Store:
         """Write a step's state and the given fields (see the module doc for the encoding).
         A step's 'running' record is sent without waiting for Redis (its end, written
         later, is waited for, and holds the step's identity again)."""
-        mapping = {f'step.{step_id}.{name}': _encode(name, value)
+        prefix = f'step.{step_id}.'
+        mapping = {prefix + name: _STEP_FIELDS[name][0](value)
                    for name, value in fields.items() if value is not None}
-        mapping.update(self._status(state, prefix=f'step.{step_id}.'))
-        self._writes.write(ticket_key(self.ns, workflow, ticket), mapping,
-                           wait=state != 'running')
+        mapping.update(self._status(state, prefix))
+        self._write(self._writes, ticket_key(self.ns, workflow, ticket), mapping,
+                    wait=state != 'running')
 
     @_unavailable_on_redis_errors
     def read_ticket(self, workflow, ticket):
         """The whole record as the API shows it, read in one round trip; None if unknown."""
-        fields = self.redis.hgetall(ticket_key(self.ns, workflow, ticket))
+        fields = self._read('hgetall', ticket_key(self.ns, workflow, ticket))
         if not fields:
             return None
         return _decode_ticket(workflow, ticket, fields)
@@ -340,7 +414,7 @@ class Store:
     @_unavailable_on_redis_errors
     def ticket_status(self, workflow, ticket):
         """status.current of the ticket, None if it is unknown."""
-        return self.redis.hget(ticket_key(self.ns, workflow, ticket), 'status.current')
+        return self._read('hget', ticket_key(self.ns, workflow, ticket), 'status.current')
 
     @_unavailable_on_redis_errors
     def queue_lengths(self, workflows):
@@ -396,41 +470,26 @@ class Store:
             pipe.delete(heartbeat_key(self.ns, process))
             pipe.execute()
 
-def _encode(name, value):
-    return value if name in _TEXT_STEP_FIELDS else json.dumps(value)
-
-
 def _decode_ticket(workflow, ticket, fields):
     status, steps = {}, {}
     for field, value in fields.items():
-        if field.startswith('step.'):
-            _, step_id, name = field.split('.', 2)
-            _set_field(steps.setdefault(step_id, {'id': step_id, 'status': {}}), name, value)
-        elif field.startswith('status.'):
-            _set_status(status, field[len('status.'):], value)
+        kind, _, name = field.partition('.')
+        if kind == 'step':
+            step_id, _, name = name.partition('.')
+            step = steps.get(step_id) or steps.setdefault(step_id, {'id': step_id, 'status': {}})
+            if name.startswith('status.'):
+                # "status.current" stays as it is; "status.running.time" becomes "running".
+                step['status'][name[7:].removesuffix('.time')] = value
+            elif name in _STEP_FIELDS:
+                step[name] = _STEP_FIELDS[name][1](value)
+        elif kind == 'status':
+            status[name.removesuffix('.time')] = value
     return {
         'workflow': workflow,
         'ticket': ticket,
         'payload': {'key': fields.get('payload.key'),
                     'data': json.loads(fields.get('payload.data', 'null'))},
         'status': status,
-        'steps': [_complete_step(steps[i]) for i in sorted(steps, key=step_sort_key)],
+        'steps': [{name: steps[i].get(name) for name in _STEP_ORDER}
+                  for i in sorted(steps, key=step_sort_key)],
     }
-
-
-def _set_field(step, name, value):
-    if name.startswith('status.'):
-        _set_status(step['status'], name[len('status.'):], value)
-    elif name in _TEXT_STEP_FIELDS:
-        step[name] = value
-    elif name in _STEP_FIELDS:
-        step[name] = json.loads(value)
-
-
-def _set_status(status, name, value):
-    # "current" stays as it is; "running.time" becomes status["running"].
-    status[name.removesuffix('.time')] = value
-
-
-def _complete_step(step):
-    return {name: step.get(name) for name in _STEP_ORDER}

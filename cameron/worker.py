@@ -184,6 +184,7 @@ class _Persistent:
                     log.debug('%s: %s; again in %.1fs', name, e, delay)
                     self._sleep(delay)
                     delay = min(delay * 2, MAX_STORE_BACKOFF)
+        setattr(self, name, call)  # made once: __getattr__ is not asked for it again
         return call
 
 

@@ -122,6 +122,24 @@ def test_a_ticket_put_back_and_taken_again_here_runs_once(make_cameron, step_ser
     assert redis_client.llen(f'{namespace}:workflow:w:queue:processing:{process}') == 0
 
 
+def test_a_running_ticket_no_longer_held_is_stopped_at_the_second_look(
+        make_cameron, step_service, redis_client, namespace):
+    """Without a lapse of the heartbeat, one look that finds a running ticket not held may
+    have come just after its end was written: the ticket stops only if the next look finds
+    it so too."""
+    cameron = make_cameron(slow_start(step_service, delay=2))
+    ticket = cameron.start('w', key='k1').json()['ticket']
+    gevent.sleep(0.2)
+    process = cameron.parts.process
+    redis_client.lrem(f'{namespace}:workflow:w:queue:processing:{process}', 1, ticket)
+    cameron.dispatcher.reconcile()
+    gevent.sleep(0.1)
+    assert len(cameron.dispatcher.tickets) == 1
+    cameron.dispatcher.reconcile()
+    gevent.sleep(0.1)
+    assert len(cameron.dispatcher.tickets) == 0
+
+
 def test_a_held_ticket_that_runs_nowhere_is_put_back_at_the_second_look(
         make_cameron, step_service, redis_client, namespace):
     """As after a take or a finish that Redis cut short: the ticket sits in this process's

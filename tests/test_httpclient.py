@@ -86,8 +86,8 @@ def client():
 
 
 def post(client, server, path='/step', body=b'{"a": 1}', scheme='http'):
-    return client.post(f'{scheme}://127.0.0.1:{server.port}{path}', body,
-                       {'X-Test': 'yes'}, LIMIT)
+    return client.request('POST', f'{scheme}://127.0.0.1:{server.port}{path}', body,
+                          {'X-Test': 'yes'}, LIMIT)
 
 
 def test_a_content_length_answer_and_the_connection_is_reused(scripted, client):
