@@ -83,7 +83,7 @@ class Dispatcher:
             if key in self._running:
                 log.warning('ticket %s/%s: taken back from this process; stopped here', *key)
                 self._running.pop(key).kill(block=False)
-        self._unheld = unheld - self._unheld
+        self._unheld = set() if lapsed else unheld - self._unheld
         orphans = {key for key in held if key not in self._running}
         for workflow, ticket in orphans & self._orphans:
             log.warning('ticket %s/%s: held here but not running; put back in its queue',

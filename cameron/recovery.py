@@ -34,6 +34,7 @@ class Liveness:
         self.dispatcher = dispatcher
         self._clock = clock
         self._suspects = {}  # process -> when its heartbeat was first seen gone
+        self._lapse_unreconciled = False
         self._last_beat = clock()  # when the last beat that Redis confirmed was sent
         self._lease_lost = False
         self._stopped = gevent.event.Event()
@@ -59,10 +60,11 @@ class Liveness:
         self.store.forget_process(self.process)
 
     def run_once(self):
-        lapsed = not self._beat()
-        if lapsed:
+        if not self._beat():
             log.warning('process %s: heartbeat had lapsed', self.process)
-        self.dispatcher.reconcile(lapsed)
+            self._lapse_unreconciled = True  # until a reconcile gets through, after Redis errors
+        self.dispatcher.reconcile(self._lapse_unreconciled)
+        self._lapse_unreconciled = False
         now = self._clock()
         for process, (workflows, alive) in self.store.processes().items():
             if alive or process == self.process:

@@ -13,7 +13,7 @@ import uuid
 import gevent
 import gevent.event
 from gevent import monkey
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from . import __version__, demo
 from .api import make_app
@@ -114,10 +114,12 @@ def serve(config, catalogue, client):
     port = listener.getsockname()[1]
     raise_open_file_limit(config.max_outgoing_requests + config.redis_connections + 1024)
     parts = assemble(config, catalogue, client, config.process_id or f'{socket.gethostname()}:{port}')
-    server = WSGIServer(listener, parts.app, log=None, error_log=logging.getLogger('cameron.http'))
+    server = WSGIServer(listener, parts.app, handler_class=_Handler,
+                        error_log=logging.getLogger('cameron.http'))
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
+    _tune_garbage_collector()  # before the first ticket: what that makes is short-lived
     if config.dispatch:
         try:
             parts.liveness.start()
@@ -126,7 +128,6 @@ def serve(config, catalogue, client):
             return 1
         parts.dispatcher.start()
     parts.endings.start()
-    _tune_garbage_collector()
     server.start()
     log.info('cameron %s listening on http://%s:%d (process %s, namespace %s, %d workflows)',
              __version__, config.host, port, parts.process, config.namespace, len(catalogue))
@@ -143,6 +144,12 @@ def serve(config, catalogue, client):
     parts.steps.close()
     log.info('stopped')
     return 0
+
+
+class _Handler(WSGIHandler):
+    def log_request(self):
+        """No access log: pywsgi formats each line even when it has nowhere to write it,
+        and Cameron logs what it does with each ticket itself."""
 
 
 def _tune_garbage_collector():

@@ -10,7 +10,7 @@ import gevent
 import gevent.lock
 
 from . import __version__, protocol
-from .httpclient import BadResponse, HTTPClient, TooLarge
+from .httpclient import HTTPClient, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class StepClient:
                 return StepResult(e.status, b'', protocol.step_error(
                     'limit', f'the answer is larger than {self.max_response_bytes} bytes',
                     e.status)), None
-            except (OSError, BadResponse) as e:
+            except (OSError, ValueError) as e:  # ValueError: a malformed answer or URL
                 return _failed('connection', f'{type(e).__name__}: {_reason(e)}'), None
         retry_after = protocol.parse_retry_after(response.headers.get('retry-after'))
         if not 200 <= response.status < 300:

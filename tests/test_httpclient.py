@@ -15,11 +15,12 @@ LIMIT = 1000
 class ScriptedServer:
     """Answers each request with the next of `replies` (bytes, sent as they are), reading
     requests framed by Content-Length. A reply of None closes the connection unanswered;
-    `close_after` closes it after that many answers on it."""
+    `close_after` closes it after that many answers on it, once it has sent `farewell`."""
 
-    def __init__(self, replies, close_after=None, tls=None):
+    def __init__(self, replies, close_after=None, tls=None, farewell=b''):
         self.replies = list(replies)
         self.close_after = close_after
+        self.farewell = farewell
         self.requests = []  # (connection number, request head, body)
         self.connections = 0
         tls_args = {'ssl_context': tls} if tls else {}
@@ -50,6 +51,9 @@ class ScriptedServer:
                 break
             sock.sendall(reply)
             answered += 1
+        if self.farewell and answered == self.close_after:
+            gevent.sleep(0.01)  # on a connection the client keeps as idle by now
+            sock.sendall(self.farewell)
         sock.close()
 
 
@@ -190,7 +194,14 @@ def test_a_body_at_the_limit_is_whole(scripted, client):
     (b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort', 'before the whole body'),
     (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'bad chunk size'),
     (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n', 'longer than its size'),
-    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab', 'before the whole body'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab', 'closed inside a chunk'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nabcde\r\n0\r\n\r\n', 'bad chunk size'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nabcde\r\n0\r\n\r\n', 'bad chunk size'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nabcde\r\n0\r\n\r\n', 'bad chunk size'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0_5\r\nabcde\r\n0\r\n\r\n', 'bad chunk size'),
+    ('HTTP/1.1 200 OK\r\nContent-Length: ²\r\n\r\n'.encode('latin-1'), 'bad Content-Length'),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: ' + b'9' * 5000 + b'\r\n\r\n', 'bad Content-Length'),
+    ('HTTP/1.1 2²0 OK\r\n\r\n'.encode('latin-1'), 'not an HTTP/1.x status line'),
     (b'HTTP/1.1 101 Switching Protocols\r\n\r\n', 'Switching Protocols'),
     (b'HTTP/1.1 200 OK\r\nX: ' + b'x' * 70000, 'no end of the headers'),
     (b'HTTP/1.1 200 OK\r\n', 'closed before a whole answer'),
@@ -199,6 +210,68 @@ def test_malformed_answers(scripted, client, reply, message):
     server = scripted([reply], close_after=1)
     with pytest.raises(BadResponse, match=message):
         post(client, server)
+
+
+def test_transfer_encoding_other_than_chunked_last_is_read_to_the_end(scripted, client):
+    server = scripted([b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc', ok()],
+                      close_after=1)
+    assert post(client, server).body == b'3\r\nabc'
+    post(client, server)
+    assert [number for number, _, _ in server.requests] == [1, 2]
+
+
+def test_transfer_encoding_wins_over_content_length_and_retires_the_connection(scripted, client):
+    server = scripted([b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked'
+                       b'\r\n\r\n2\r\n{}\r\n0\r\n\r\n', ok()])
+    assert post(client, server).body == b'{}'
+    post(client, server)
+    assert [number for number, _, _ in server.requests] == [1, 2]
+
+
+def test_many_small_chunks(scripted, client):
+    body = b'x' * LIMIT
+    chunked = b''.join(b'1\r\n%s\r\n' % bytes([byte]) for byte in body)
+    server = scripted([b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + chunked
+                       + b'0\r\n\r\n'])
+    assert post(client, server).body == body
+
+
+def test_endless_chunk_framing_is_cut_short(scripted, client):
+    server = scripted([b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n'
+                       + b'X-Trailer: t\r\n' * 10000 + b'\r\n'], close_after=1)
+    with pytest.raises(BadResponse, match='more chunk framing'):
+        post(client, server)
+
+
+def test_something_sent_on_an_idle_connection_is_not_taken_for_the_answer(scripted, client):
+    """A server may answer 408 on a connection left idle, and close it."""
+    server = scripted([ok(b'{"n": 1}'), ok(b'{"n": 2}')], close_after=1, farewell=(
+        b'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'))
+    post(client, server)
+    gevent.sleep(0.05)
+    assert post(client, server).body == b'{"n": 2}'
+    assert [number for number, _, _ in server.requests] == [1, 2]
+
+
+def test_a_request_the_server_drops_is_not_sent_again(scripted, client):
+    server = scripted([ok(), None])
+    post(client, server)
+    with pytest.raises(BadResponse, match='without an answer'):
+        post(client, server)
+    assert [number for number, _, _ in server.requests] == [1, 1]
+
+
+def test_a_get_has_no_content_length(scripted, client):
+    server = scripted([ok()])
+    client.request('GET', f'http://127.0.0.1:{server.port}/x', b'', {}, LIMIT)
+    _, head, _ = server.requests[0]
+    assert head.startswith(b'GET /x HTTP/1.1') and b'content-length' not in head.lower()
+
+
+@pytest.mark.parametrize('url', ['http://127.0.0.1:99999/', 'http://[::1/'])
+def test_a_url_it_cannot_call_is_a_value_error(client, url):
+    with pytest.raises(ValueError):
+        client.request('POST', url, b'{}', {}, LIMIT)
 
 
 def test_bytes_past_the_answer_retire_the_connection(scripted, client):
