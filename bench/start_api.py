@@ -1,6 +1,7 @@
 """Start API throughput: sustained POST /api/workflow/{name}/start requests per second of
 one Cameron process (API only, --no-dispatch, on a real Redis), against a bare
-gevent.pywsgi server measured the same way in the same run. Prints both and their ratio.
+gevent.pywsgi server measured the same way in the same run; prints both and their ratio,
+and the ratio of a bottle route that only parses the body (the framework's own ceiling).
 Usage: python bench/start_api.py [--seconds 10] [--connections 50]"""
 import argparse
 import json
@@ -45,27 +46,38 @@ def load(url, seconds, connections):
     return done[0] / (time.monotonic() - began), errors[0], 'gevent driver'
 
 
+def hello(seconds, connections, *flags):
+    """(req/s, driver) of bench/hello.py started with flags."""
+    port = harness.free_port()
+    server = harness.spawn([sys.executable, str(harness.ROOT / 'bench' / 'hello.py'), str(port),
+                            *flags], f'hello{"".join(flags)}')
+    harness.wait_for_port(port, server)
+    rate, _, driver = load(f'http://127.0.0.1:{port}/api/workflow/bench/start', seconds,
+                           connections)
+    server.terminate()
+    server.wait()
+    return rate, driver
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--seconds', type=int, default=10)
     parser.add_argument('--connections', type=int, default=50)
     args = parser.parse_args()
     redis_url = harness.start_redis()
-    port = harness.free_port()
-    hello = harness.spawn([sys.executable, str(harness.ROOT / 'bench' / 'hello.py'), str(port)],
-                          'hello')
-    harness.wait_for_port(port, hello)
-    baseline, _, driver = load(f'http://127.0.0.1:{port}/', args.seconds, args.connections)
+    baseline, driver = hello(args.seconds, args.connections)
+    framework, _ = hello(args.seconds, args.connections, '--bottle')
     catalogue = harness.write_catalogue('http://127.0.0.1:9', 'bench')
     cameron, base = harness.start_cameron(redis_url, catalogue, '--no-dispatch')
     starts, errors, _ = load(f'{base}/api/workflow/bench/start', args.seconds, args.connections)
     figures = {'starts_per_s': round(starts, 1), 'hello_per_s': round(baseline, 1),
-               'ratio': round(starts / baseline, 3), 'errors': errors, 'driver': driver,
+               'ratio': round(starts / baseline, 3), 'bottle_per_s': round(framework, 1),
+               'bottle_ratio': round(framework / baseline, 3), 'errors': errors, 'driver': driver,
                'connections': args.connections, 'seconds': args.seconds}
     harness.report('start_api', figures,
                    f'{starts:.0f} starts/s against {baseline:.0f} req/s of a bare '
-                   f'gevent.pywsgi server: ratio {starts / baseline:.2f} (goal >= 0.6), '
-                   f'{errors} errors, load by {driver}')
+                   f'gevent.pywsgi server: ratio {starts / baseline:.2f} (goal >= 0.6; a bottle '
+                   f'route alone {framework / baseline:.2f}), {errors} errors, load by {driver}')
     return 1 if errors else 0
 
 
