@@ -9,13 +9,14 @@ connection), skips 1xx answers, and reads no more than a given number of body by
 Deadlines are the caller's (gevent.Timeout): a connection that an exception leaves mid-call
 is closed, never reused, and nothing is ever sent twice.
 """
+import base64
 import collections
 import dataclasses
 import re
 import select
 import socket
 import ssl
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from gevent import monkey
 
@@ -73,6 +74,8 @@ class HTTPClient:
         target = quote((parts.path or '/') + (f'?{parts.query}' if parts.query else ''),
                        safe=_PRINTABLE_ASCII)  # spaces, controls and non-ASCII as %XX
         host = parts.netloc.rpartition('@')[2]
+        if parts.username is not None:  # as requests does with user:password@ in a URL
+            headers = {**headers, 'Authorization': _basic_credentials(parts)}
         request = _request_bytes(method, target, host, self._user_agent, headers, body)
         connection = self._idle_connection(origin) or self._connect(origin)
         try:
@@ -259,6 +262,11 @@ def _request_bytes(method, target, host, user_agent, headers, body):
         lines += f'Content-Length: {len(body)}\r\n'
     return (f'{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n'
             f'{lines}\r\n').encode() + body
+
+
+def _basic_credentials(parts):
+    pair = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
+    return 'Basic ' + base64.b64encode(pair.encode()).decode()
 
 
 def _parse_headers(lines):

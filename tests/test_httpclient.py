@@ -114,6 +114,14 @@ def test_the_request_carries_the_body_headers_and_an_encoded_target(scripted, cl
     assert body == b'{"a": 1}'
 
 
+def test_credentials_in_the_url_are_sent_as_basic_auth_not_in_the_host(scripted, client):
+    server = scripted([ok()])
+    client.request('POST', f'http://us%40er:p%3Ass@127.0.0.1:{server.port}/x', b'{}', {}, LIMIT)
+    _, head, _ = server.requests[0]
+    assert b'Authorization: Basic dXNAZXI6cDpzcw==' in head.split(b'\r\n')  # us@er:p:ss
+    assert f'Host: 127.0.0.1:{server.port}'.encode() in head.split(b'\r\n')
+
+
 def test_a_chunked_answer_with_extensions_and_trailers(scripted, client):
     chunked = (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'
                b'4;ext=1\r\n{"a"\r\n5\r\n: 1}\n\r\n0\r\nX-Trailer: t\r\n\r\n')
