@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 from gevent import monkey
 
 MAX_HEAD_BYTES = 65536  # status line and headers of one answer; chunk framing beyond the body
-MAX_ORIGINS = 100  # origins whose idle connections are kept; past that the oldest go
+MAX_ORIGINS = 100  # origins whose idle connections are kept; past that the least used go
 _READ_SIZE = 65536
 _NO_BODY_STATUSES = (204, 304)
 _PRINTABLE_ASCII = ''.join(map(chr, range(0x21, 0x7f)))  # what may stand in a request target
@@ -69,8 +69,8 @@ class HTTPClient:
         a connection that fails, ValueError for a URL it cannot call and BadResponse (a
         ValueError) for a malformed answer, or TooLarge past max_body bytes of body."""
         parts = urlsplit(url)
-        port = parts.port
-        origin = (parts.scheme, parts.hostname, _default_port(parts.scheme) if port is None else port)
+        port = _default_port(parts.scheme) if parts.port is None else parts.port
+        origin = (parts.scheme, parts.hostname, port)
         target = quote((parts.path or '/') + (f'?{parts.query}' if parts.query else ''),
                        safe=_PRINTABLE_ASCII)  # spaces, controls and non-ASCII as %XX
         host = parts.netloc.rpartition('@')[2]
@@ -108,6 +108,8 @@ class HTTPClient:
                 for old in self._idle.popitem(last=False)[1]:
                     old.close()
             connections = self._idle[origin] = []
+        else:
+            self._idle.move_to_end(origin)
         connections.append(connection)
 
     def _connect(self, origin):
