@@ -132,6 +132,8 @@ class _Connection:
         self._sock = sock
         self._buffer = bytearray()  # bytes read; those before _start are parsed
         self._start = 0
+        self._poller = _poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
 
     def close(self):
         self._sock.close()
@@ -143,9 +145,7 @@ class _Connection:
         """True if nothing is there to read: the server has neither sent nor closed."""
         if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
             return False
-        poller = _poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
-        return not poller.poll(0)
+        return not self._poller.poll(0)
 
     def read_response(self, max_body):
         """(Response, whether the connection can carry another request)."""

@@ -87,12 +87,11 @@ class StepClient:
                     e.status)), None
             except (OSError, ValueError) as e:  # ValueError: a malformed answer or URL
                 return _failed('connection', f'{type(e).__name__}: {_reason(e)}'), None
-        retry_after = protocol.parse_retry_after(response.headers.get('retry-after'))
-        if not 200 <= response.status < 300:
-            return StepResult(response.status, response.body, protocol.step_error(
-                'http_status', f'the step answered HTTP {response.status}', response.status,
-                response.body)), retry_after
-        return StepResult(response.status, response.body), retry_after
+        if 200 <= response.status < 300:
+            return StepResult(response.status, response.body), None
+        return StepResult(response.status, response.body, protocol.step_error(
+            'http_status', f'the step answered HTTP {response.status}', response.status,
+            response.body)), protocol.parse_retry_after(response.headers.get('retry-after'))
 
 
 def _failed(kind, message):
