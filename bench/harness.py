@@ -211,7 +211,23 @@ def percentile(values, p):
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else None
 
 
+def cpu_reference():
+    """Seconds of CPU a fixed pure-Python loop takes now, the best of three: on a shared or
+    virtual machine the CPU's speed drifts (by 2x, seen on the machine of the README's
+    figures), and figures taken at different times compare only beside this one."""
+    best = None
+    for _ in range(3):
+        began = time.process_time()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i
+        spent = time.process_time() - began
+        best = spent if best is None else min(best, spent)
+    return round(best, 3)
+
+
 def report(name, figures, summary):
     """One JSON line for machines, then a line for people."""
-    print(json.dumps({'bench': name, **figures}), flush=True)
-    print(f'{name}: {summary}', flush=True)
+    reference = cpu_reference()
+    print(json.dumps({'bench': name, **figures, 'cpu_reference_s': reference}), flush=True)
+    print(f'{name}: {summary} [CPU reference loop {reference} s]', flush=True)
