@@ -56,6 +56,7 @@ _STEP_FIELDS = {
     'data': (json.dumps, json.loads), 'next': (json.dumps, json.loads),
     'error': (json.dumps, json.loads),
 }
+_STEP_DECODERS = {name: decode for name, (_, decode) in _STEP_FIELDS.items()}
 
 
 def incoming_key(ns, workflow):
@@ -470,20 +471,23 @@ class Store:
             pipe.delete(heartbeat_key(self.ns, process))
             pipe.execute()
 
+
 def _decode_ticket(workflow, ticket, fields):
     status, steps = {}, {}
     for field, value in fields.items():
-        kind, _, name = field.partition('.')
-        if kind == 'step':
-            step_id, _, name = name.partition('.')
-            step = steps.get(step_id) or steps.setdefault(step_id, {'id': step_id, 'status': {}})
-            if name.startswith('status.'):
+        if field.startswith('step.'):
+            _, step_id, name = field.split('.', 2)
+            step = steps.get(step_id)
+            if step is None:
+                step = steps[step_id] = {'id': step_id, 'status': {}}
+            decode = _STEP_DECODERS.get(name)
+            if decode is not None:
+                step[name] = decode(value)
+            elif name.startswith('status.'):
                 # "status.current" stays as it is; "status.running.time" becomes "running".
                 step['status'][name[7:].removesuffix('.time')] = value
-            elif name in _STEP_FIELDS:
-                step[name] = _STEP_FIELDS[name][1](value)
-        elif kind == 'status':
-            status[name.removesuffix('.time')] = value
+        elif field.startswith('status.'):
+            status[field[7:].removesuffix('.time')] = value
     return {
         'workflow': workflow,
         'ticket': ticket,
