@@ -62,6 +62,15 @@ def parse_catalogue(text, path, defaults):
     return catalogue
 
 
+def _is_http_url(url):
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a ValueError if it is not a port number)
+    except ValueError:
+        return False
+    return parts.scheme in ('http', 'https') and bool(parts.hostname)
+
+
 def _workflow(name, options, defaults, where):
     if not isinstance(options, dict):
         raise CatalogueError(f'{where}: expected a mapping of options')
@@ -69,8 +78,7 @@ def _workflow(name, options, defaults, where):
         if option not in OPTIONS:
             raise CatalogueError(f'{where}: unknown option {option!r}')
     url = options.get('start_point_url')
-    if not isinstance(url, str) or urlsplit(url).scheme not in ('http', 'https') \
-            or not urlsplit(url).hostname:
+    if not isinstance(url, str) or not _is_http_url(url):
         raise CatalogueError(f'{where}: start_point_url must be an http or https URL')
     hosts = options.get('allowed_hosts')
     if hosts is not None:

@@ -20,7 +20,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 from gevent import monkey
 
-MAX_HEAD_BYTES = 65536  # status line and headers of one answer; chunk framing beyond the body
+MAX_HEAD_BYTES = 65536  # status line and headers of one answer; trailer fields
+MAX_CHUNK_LINE = 4096  # a chunk's size line, extensions included
 MAX_ORIGINS = 100  # origins whose idle connections are kept; past that the least used go
 _READ_SIZE = 65536
 _NO_BODY_STATUSES = (204, 304)
@@ -74,7 +75,7 @@ class HTTPClient:
         target = quote((parts.path or '/') + (f'?{parts.query}' if parts.query else ''),
                        safe=_PRINTABLE_ASCII)  # spaces, controls and non-ASCII as %XX
         host = parts.netloc.rpartition('@')[2]
-        if parts.username is not None:  # as requests does with user:password@ in a URL
+        if parts.username or parts.password:  # as requests does with user:password@ in a URL
             headers = {**headers, 'Authorization': _basic_credentials(parts)}
         request = _request_bytes(method, target, host, self._user_agent, headers, body)
         connection = self._idle_connection(origin) or self._connect(origin)
@@ -193,15 +194,18 @@ class _Connection:
         return data
 
     def _read_until(self, delimiter, limit, too_long, closed):
-        """The bytes up to delimiter, which is passed over too."""
+        """The bytes up to delimiter, which is passed over too. Each byte is searched once,
+        however the bytes trickle in."""
+        searched = 0  # bytes after _start in which the delimiter does not begin
         while True:
-            end = self._buffer.find(delimiter, self._start)
-            if end >= 0:
+            end = self._buffer.find(delimiter, self._start + searched)
+            if 0 <= end - self._start <= limit:
                 data = self._take(end - self._start)
                 self._start += len(delimiter)
                 return data
             if len(self._buffer) - self._start > limit:
                 raise BadResponse(too_long)
+            searched = max(0, len(self._buffer) - self._start - len(delimiter) + 1)
             if not self._fill():
                 raise BadResponse(closed)
 
@@ -231,10 +235,8 @@ class _Connection:
 
     def _read_chunked(self, status, max_body):
         body, size = [], 0
-        framing_left = MAX_HEAD_BYTES + max_body  # chunk lines and trailers, all told
-        while True:
-            line = self._read_line(framing_left)
-            framing_left -= len(line) + 2
+        while True:  # each chunk but the last holds a byte at least: the work is linear
+            line = self._read_line(MAX_CHUNK_LINE, 'a chunk size line')
             match = _CHUNK_SIZE.fullmatch(line)
             if match is None:
                 raise BadResponse(f'a bad chunk size line: {line[:40]!r}')
@@ -245,22 +247,23 @@ class _Connection:
             if size > max_body:
                 raise TooLarge(status)
             body.append(self._read_exactly(length, 'the connection closed inside a chunk'))
-            if self._read_line(2):
+            if self._read_line(2, 'a chunk'):
                 raise BadResponse('a chunk longer than its size')
-        while line := self._read_line(framing_left):  # trailer fields: not used
-            framing_left -= len(line) + 2
+        trailers_left = MAX_HEAD_BYTES
+        while line := self._read_line(trailers_left, 'the trailer fields'):  # not used
+            trailers_left -= len(line) + 2
         return b''.join(body)
 
-    def _read_line(self, limit):
-        if limit <= 0:
-            raise BadResponse('more chunk framing than the body allows')
-        return self._read_until(b'\r\n', limit, 'more chunk framing than the body allows',
+    def _read_line(self, limit, what):
+        if limit < 0:
+            raise BadResponse(f'{what} longer than allowed')
+        return self._read_until(b'\r\n', limit, f'{what} longer than allowed',
                                 'the connection closed inside a chunked body')
 
 
 def _request_bytes(method, target, host, user_agent, headers, body):
     lines = ''.join(f'{name}: {value}\r\n' for name, value in headers.items())
-    if body or method not in ('GET', 'HEAD'):
+    if body or method != 'GET':
         lines += f'Content-Length: {len(body)}\r\n'
     return (f'{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n'
             f'{lines}\r\n').encode() + body

@@ -81,8 +81,9 @@ def expand_url(template, key, base=None, allowed_hosts=None):
         if base and not url.startswith(('http://', 'https://')):  # urljoin is slow
             url = urljoin(base, url)
         parts = urlsplit(url)
+        parts.port  # noqa: B018 (a ValueError if it is not a port number)
         valid = parts.scheme in ('http', 'https') and parts.hostname and is_text(url)
-    except ValueError:  # urlsplit's word for a malformed host, such as "[oops"
+    except ValueError:  # urlsplit's word for a malformed host ("[oops") or port
         valid = False
     if not valid:
         raise InvalidAnswer(f'{template!r} is not an http or https URL')

@@ -133,6 +133,8 @@ URL = 'start_point_url: "http://foo.com/{key}"'
      ["workflow 'bar'", 'start_point_url must be an http or https URL']),
     (yaml_workflow('bar', 'start_point_url: "/relative/{key}"'),
      ["workflow 'bar'", 'start_point_url must be an http or https URL']),
+    (yaml_workflow('bar', 'start_point_url: "http://foo.com:99999/{key}"'),
+     ["workflow 'bar'", 'start_point_url must be an http or https URL']),
     (yaml_workflow('bar', URL, 'timeout: 5'), ["workflow 'bar'", "unknown option 'timeout'"]),
     (yaml_workflow('a b', URL), ["workflow 'a b'", 'a name may hold only']),
     (yaml_workflow('bar', URL, 'retries: -1'),

@@ -17,8 +17,9 @@ class ScriptedServer:
     requests framed by Content-Length. A reply of None closes the connection unanswered;
     `close_after` closes it after that many answers on it, once it has sent `farewell`."""
 
-    def __init__(self, replies, close_after=None, tls=None, farewell=b''):
+    def __init__(self, replies, close_after=None, tls=None, farewell=b'', trickle=None):
         self.replies = list(replies)
+        self.trickle = trickle  # send answers this many bytes at a time
         self.close_after = close_after
         self.farewell = farewell
         self.requests = []  # (connection number, request head, body)
@@ -49,7 +50,10 @@ class ScriptedServer:
             reply = self.replies.pop(0)
             if reply is None:
                 break
-            sock.sendall(reply)
+            for i in range(0, len(reply), self.trickle or len(reply) or 1):
+                sock.sendall(reply[i:i + (self.trickle or len(reply))])
+                if self.trickle:
+                    gevent.sleep(0.001)  # a turn of the event loop, so that each is read apart
             answered += 1
         if self.farewell and answered == self.close_after:
             gevent.sleep(0.01)  # on a connection the client keeps as idle by now
@@ -244,10 +248,22 @@ def test_many_small_chunks(scripted, client):
     assert post(client, server).body == body
 
 
+def test_a_chunk_size_line_without_end_is_cut_short(scripted, client):
+    server = scripted([b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;'
+                       + b'x' * 5000 + b'\r\n'], close_after=1)
+    with pytest.raises(BadResponse, match='chunk size line longer than allowed'):
+        post(client, server)
+
+
+def test_a_head_that_trickles_in_is_read(scripted, client):
+    server = scripted([ok(b'{"slow": 1}', b'X-Long: ' + b'y' * 200 + b'\r\n')], trickle=1)
+    assert post(client, server).body == b'{"slow": 1}'
+
+
 def test_endless_chunk_framing_is_cut_short(scripted, client):
     server = scripted([b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n'
                        + b'X-Trailer: t\r\n' * 10000 + b'\r\n'], close_after=1)
-    with pytest.raises(BadResponse, match='more chunk framing'):
+    with pytest.raises(BadResponse, match='trailer fields longer than allowed'):
         post(client, server)
 
 

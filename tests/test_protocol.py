@@ -56,6 +56,8 @@ def test_expand_url_resolves_relative_urls_against_base(template, expected):
     ('javascript:alert(1)', None),
     ('/relative/{key}', None),
     ('http:///no-host', None),
+    ('http://foo.com:99999/{key}', None),
+    ('http://[oops/{key}', None),
     ('ftp://foo.com/{key}', STEP_URL),
 ])
 def test_expand_url_refuses_non_http_urls(template, base):
