@@ -3,13 +3,18 @@ from its record, and fencing a process that was taken for dead. In-process and q
 same with real processes and kill -9 is in test_faults.py."""
 import gevent
 import pytest
+import redis
+import yaml
 
+from cameron.catalogue import parse_catalogue
+from cameron.config import Config
 from cameron.dispatcher import Dispatcher
 from cameron.endings import Endings
 from cameron.recovery import Liveness
+from cameron.server import assemble
 from cameron.store import Store
 
-from .conftest import Reply
+from .conftest import Cameron, Reply
 
 
 @pytest.fixture
@@ -183,3 +188,33 @@ def test_a_process_taken_for_dead_stops_the_tickets_taken_back_from_it(
     assert len(cameron.dispatcher.tickets) == 0
     assert redis_client.hget(f'{namespace}:workflow:w:ticket:{ticket}', 'status.current') \
         == 'running'
+
+
+def test_a_lapse_is_remembered_until_a_look_gets_through(own_redis, step_service):
+    """The beat that finds the heartbeat lapsed is followed by a look at what this process
+    holds that Redis refuses: the next look, after a beat that finds nothing wrong, still
+    stops at once the ticket a peer took back."""
+    url, _, _ = own_redis
+    client = redis.Redis.from_url(url, decode_responses=True)
+    step_service.routes['/start/k1'] = Reply(body={}, delay=3)
+    config = Config(namespace='ns')
+    catalogue = parse_catalogue(yaml.safe_dump({'workflows': {'w': {
+        'start_point_url': step_service.url('/start/{key}')}}}), 'test', {
+        'step_timeout': config.step_timeout, 'retries': 0, 'max_steps': config.max_steps})
+    cameron = Cameron(assemble(config, catalogue, client), client, 'ns')
+    try:
+        ticket = cameron.start('w').json()['ticket']
+        gevent.sleep(0.2)
+        process = cameron.parts.process
+        client.delete(f'ns:process:{process}:heartbeat')
+        client.lrem(f'ns:workflow:w:queue:processing:{process}', 1, ticket)
+        client.execute_command('ACL', 'SETUSER', 'default', '-lrange')  # no look gets through
+        with pytest.raises(redis.ResponseError):
+            cameron.parts.liveness.run_once()
+        client.execute_command('ACL', 'SETUSER', 'default', '+lrange')
+        assert len(cameron.dispatcher.tickets) == 1
+        cameron.parts.liveness.run_once()
+        gevent.sleep(0.1)
+        assert len(cameron.dispatcher.tickets) == 0
+    finally:
+        cameron.stop()
