@@ -2,7 +2,8 @@
 order), and record every step transition in the store.
 
 The code reads as plain blocking calls; the dispatcher runs each ticket in its own greenlet
-and parallel next steps get greenlets of their own. A ticket that was taken before (by a
+and every next step gets a greenlet of its own (run at once with its siblings, or after
+them), so the depth of a step tree never comes near Python's recursion limit. A ticket that was taken before (by a
 process that died) is resumed: steps recorded done are not called again, their recorded
 next steps are followed.
 """
@@ -109,28 +110,22 @@ class Worker:
                           parent=call.id, requestor=call.name)
                     for i, step in enumerate(answer.next, 1)]
         if answer.parallel:
-            self._run_parallel(run, children)
+            self._run_apart(run, children)
         else:
             for child in children:  # each with its whole subtree before the next one
-                self._run_step(run, child)
+                self._run_apart(run, [child])
 
-    def _run_parallel(self, run, children):
-        """Run the children at once, the first in this greenlet and each other in one of
-        its own. Each runs to its end even if another raises; a kill of this ticket stops
-        them all."""
-        others = [gevent.spawn(self._run_step, run, child) for child in children[1:]]
-        error = None
+    def _run_apart(self, run, children):
+        """Run the children at once, each in a greenlet of its own, to their end even if one
+        raises; a kill of this ticket stops them all."""
+        greenlets = [gevent.spawn(self._run_step, run, child) for child in children]
         try:
-            try:
-                self._run_step(run, children[0])
-            except Exception as e:  # as if it had run apart: raised once the others end
-                error = e
-            gevent.joinall(others)
+            gevent.joinall(greenlets)
         finally:
-            gevent.killall(others)  # only if this ticket itself is being killed
-        for error in [error] + [other.exception for other in others]:
-            if error is not None:
-                raise error
+            gevent.killall(greenlets)  # only if this ticket itself is being killed
+        for greenlet in greenlets:
+            if greenlet.exception is not None:
+                raise greenlet.exception
 
     def _call_step(self, run, call):
         """Call the step and record the outcome; the Answer, or None if the step failed."""

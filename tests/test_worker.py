@@ -287,6 +287,17 @@ def test_a_looping_workflow_stops_at_max_steps(make_cameron, svc):
     assert record['status']['current'] == 'error'
 
 
+@pytest.mark.parametrize('parallel', ['yes', 'no'])
+def test_a_chain_of_max_steps_steps_runs_to_the_limit(make_cameron, svc, parallel):
+    """A step tree as deep as the default max_steps (1,000): no depth of recursion stops it
+    before the limit does."""
+    svc.routes['/start/k1'] = answer('start', ('again', svc.url('/start/k1')), parallel=parallel)
+    record = make_cameron({'w': workflow(svc)}).run('w', wait=60)
+    assert len(record['steps']) == 1000 and len(svc.received) == 1000
+    assert record['steps'][-1]['error']['type'] == 'limit'
+    assert record['status']['current'] == 'error'
+
+
 # -- Limits --------------------------------------------------------------------------------
 
 def test_more_next_steps_than_max_fanout_is_a_limit_error(make_cameron, svc):
