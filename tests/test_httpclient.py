@@ -1,6 +1,7 @@
 """The step calls' HTTP/1.1 client against a scripted server on 127.0.0.1: each way an
 answer can be framed, connection reuse, and every malformed answer."""
 import subprocess
+import time
 
 import gevent
 import gevent.server
@@ -105,6 +106,18 @@ def test_a_content_length_answer_and_the_connection_is_reused(scripted, client):
     assert (first.status, first.body, first.headers['retry-after']) == (200, b'{"n": 1}', '3')
     assert second.body == b'{"n": 2}'
     assert [number for number, _, _ in server.requests] == [1, 1]
+
+
+def test_no_delayed_ack_stall_with_a_server_that_writes_headers_and_body_apart(step_service,
+                                                                             client):
+    """gevent.pywsgi, as many step services, sends its headers and its body in two writes,
+    the second held back by Nagle's algorithm until the first is acknowledged: a client
+    that delays its ACKs waits 40 ms on every call. Twenty calls take well under that."""
+    step_service.routes['/s'] = {'ok': True}
+    began = time.monotonic()
+    for _ in range(20):
+        assert client.request('POST', step_service.url('/s'), b'{}', {}, LIMIT).status == 200
+    assert time.monotonic() - began < 0.4  # 20 x 40 ms = 0.8 s with delayed ACKs
 
 
 def test_the_request_carries_the_body_headers_and_an_encoded_target(scripted, client):
