@@ -4,6 +4,7 @@ the ideal (3 levels x 200 ms), the CPU-bound floor (steps / the fan7 steps/s of 
 is not measured here: see fan7.py), the server's peak memory and memory per ticket in flight.
 Usage: python bench/inflight.py [--tickets 10000] [--delay 0.2] [--outgoing 4000]"""
 import argparse
+import json
 import time
 
 import gevent.pool
@@ -37,7 +38,7 @@ def main():
     def start(i):
         _, _, answer = harness.call('POST', f'{base}/api/workflow/fan7/start',
                                     f'{{"key": "m{i}"}}'.encode())
-        tickets.append(answer['ticket'])
+        tickets.append(json.loads(answer)['ticket'])
 
     began = time.monotonic()
     gevent.pool.Pool(200).map(start, range(args.tickets))

@@ -37,7 +37,10 @@ def load(url, seconds, connections):
 
     def client():
         while time.monotonic() < stop:
-            status, _, _ = harness.call('POST', url, POST_BODY.encode(), timeout=30)
+            try:
+                status, _, _ = harness.call('POST', url, POST_BODY.encode(), timeout=30)
+            except Exception:  # counted, as a failed start
+                status = None
             done[0] += 1
             errors[0] += status != 201
 

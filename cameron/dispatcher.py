@@ -80,9 +80,8 @@ class Dispatcher:
         held = self.store.held_tickets(self.process, self._names)
         unheld = {key for key in self._running if key not in held}
         for key in unheld if lapsed else unheld & self._unheld:
-            if key in self._running:
-                log.warning('ticket %s/%s: taken back from this process; stopped here', *key)
-                self._running.pop(key).kill(block=False)
+            log.warning('ticket %s/%s: taken back from this process; stopped here', *key)
+            self._running.pop(key).kill(block=False)
         self._unheld = set() if lapsed else unheld - self._unheld
         orphans = {key for key in held if key not in self._running}
         for workflow, ticket in orphans & self._orphans:

@@ -84,7 +84,7 @@ def expand_url(template, key, base=None, allowed_hosts=None):
     relative; InvalidAnswer unless it is http(s) and, if a list is given, on allowed_hosts."""
     try:
         url = template.replace('{key}', quote(key, safe=''))
-        if base and not url.startswith(('http://', 'https://')):  # urljoin is slow
+        if base:
             url = urljoin(base, url)
         parts = urlsplit(url)
         parts.port  # noqa: B018 (a ValueError if it is not a port number)

@@ -157,6 +157,7 @@ def _tune_garbage_collector():
     thresholds scan over and over: under bench/fan7.py the collector took about a tenth of
     the CPU, and a third of that with these. What start-up made lives as long as the process
     and is left out of the scans altogether."""
+    gc.collect()  # what start-up left for the collector is not kept for ever
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
 

@@ -485,9 +485,9 @@ def _decode_ticket(workflow, ticket, fields):
                 step[name] = decode(value)
             elif name.startswith('status.'):
                 # "status.current" stays as it is; "status.running.time" becomes "running".
-                step['status'][name[7:].removesuffix('.time')] = value
+                step['status'][name.removeprefix('status.').removesuffix('.time')] = value
         elif field.startswith('status.'):
-            status[field[7:].removesuffix('.time')] = value
+            status[field.removeprefix('status.').removesuffix('.time')] = value
     return {
         'workflow': workflow,
         'ticket': ticket,
