@@ -71,7 +71,9 @@ class HTTPClient:
         a connection that fails, ValueError for a URL it cannot call and BadResponse (a
         ValueError) for a malformed answer, or TooLarge past max_body bytes of body."""
         parts = urlsplit(url)
-        port = _default_port(parts.scheme) if parts.port is None else parts.port
+        port = parts.port  # parsed from the netloc at each look, so looked at once
+        if port is None:
+            port = _default_port(parts.scheme)
         origin = (parts.scheme, parts.hostname, port)
         target = quote((parts.path or '/') + (f'?{parts.query}' if parts.query else ''),
                        safe=_PRINTABLE_ASCII)  # spaces, controls and non-ASCII as %XX
