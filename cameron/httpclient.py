@@ -12,11 +12,12 @@ is closed, never reused, and nothing is ever sent twice.
 import base64
 import collections
 import dataclasses
+import functools
 import re
 import select
 import socket
 import ssl
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from gevent import monkey
 
@@ -71,15 +72,12 @@ class HTTPClient:
         a connection that fails, ValueError for a URL it cannot call and BadResponse (a
         ValueError) for a malformed answer, or TooLarge past max_body bytes of body."""
         parts = urlsplit(url)
-        port = parts.port  # parsed from the netloc at each look, so looked at once
-        if port is None:
-            port = _default_port(parts.scheme)
-        origin = (parts.scheme, parts.hostname, port)
-        target = quote((parts.path or '/') + (f'?{parts.query}' if parts.query else ''),
-                       safe=_PRINTABLE_ASCII)  # spaces, controls and non-ASCII as %XX
-        host = parts.netloc.rpartition('@')[2]
-        if parts.username or parts.password:  # as requests does with user:password@ in a URL
-            headers = {**headers, 'Authorization': _basic_credentials(parts)}
+        origin, host, credentials = _origin(parts.scheme, parts.netloc)
+        if credentials:  # as requests does with user:password@ in a URL
+            headers = {**headers, 'Authorization': credentials}
+        target = (parts.path or '/') + (f'?{parts.query}' if parts.query else '')
+        if not (target.isascii() and target.isprintable()) or ' ' in target:
+            target = quote(target, safe=_PRINTABLE_ASCII)  # spaces, controls, non-ASCII as %XX
         request = _request_bytes(method, target, host, self._user_agent, headers, body)
         connection = self._idle_connection(origin) or self._connect(origin)
         try:
@@ -143,7 +141,11 @@ class _Connection:
         self._sock.close()
 
     def sendall(self, data):
-        self._sock.sendall(data)
+        # One send takes a request of a few hundred bytes whole; gevent's sendall would ask
+        # the kernel for the socket's buffer size first, at every call.
+        sent = self._sock.send(data)
+        if sent < len(data):
+            self._sock.sendall(memoryview(data)[sent:])
 
     def quiet(self):
         """True if nothing is there to read: the server has neither sent nor closed."""
@@ -277,9 +279,19 @@ def _request_bytes(method, target, host, user_agent, headers, body):
             f'{lines}\r\n').encode() + body
 
 
-def _basic_credentials(parts):
-    pair = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
-    return 'Basic ' + base64.b64encode(pair.encode()).decode()
+@functools.lru_cache(maxsize=1024)
+def _origin(scheme, netloc):
+    """((scheme, host, port), the Host header, Basic credentials or None) of a URL's
+    netloc, worked out once: a ValueError for a port that is not a number in range."""
+    parts = SplitResult(scheme, netloc, '', '', '')
+    port = parts.port
+    if port is None:
+        port = _default_port(scheme)
+    credentials = None
+    if parts.username or parts.password:
+        pair = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
+        credentials = 'Basic ' + base64.b64encode(pair.encode()).decode()
+    return (scheme, parts.hostname, port), netloc.rpartition('@')[2], credentials
 
 
 def _parse_headers(lines):

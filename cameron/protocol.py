@@ -4,20 +4,24 @@ import dataclasses
 import json
 import math
 import random
+import re
 from urllib.parse import quote, urljoin, urlsplit
 
 from .errors import InvalidAnswer
 
 ERROR_BODY_BYTES = 1024  # how much of a failed answer's body a step record keeps
+# A path from the root with nothing in it for urljoin to resolve or drop: no empty, "." or
+# ".." segment, no parameters, query or fragment, no character urlsplit would strip.
+_PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@%]+)+/?")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class NextStep:
     name: str
     url: str  # already expanded: {key} replaced, resolved, checked
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Answer:
     """A step service's valid answer."""
     name: str = None
@@ -85,7 +89,7 @@ def expand_url(template, key, base=None, allowed_hosts=None):
     try:
         url = template.replace('{key}', quote(key, safe=''))
         if base:
-            url = urljoin(base, url)
+            url = _resolve(base, url)
         parts = urlsplit(url)
         parts.port  # noqa: B018 (a ValueError if it is not a port number)
         valid = parts.scheme in ('http', 'https') and parts.hostname and is_text(url)
@@ -96,6 +100,15 @@ def expand_url(template, key, base=None, allowed_hosts=None):
     if allowed_hosts is not None and parts.hostname not in allowed_hosts:
         raise InvalidAnswer(f'{parts.hostname!r} is not on allowed_hosts')
     return url
+
+
+def _resolve(base, url):
+    """urljoin(base, url). A plain path from the root, what most answers name, is put after
+    base's origin here, as urljoin would put it, at a fifth of urljoin's cost."""
+    if _PLAIN_PATH.fullmatch(url):
+        parts = urlsplit(base)
+        return f'{parts.scheme}://{parts.netloc}{url}'
+    return urljoin(base, url)
 
 
 def parse_answer(body, step_url, key, allowed_hosts=None):

@@ -24,7 +24,7 @@ MAX_STORE_BACKOFF = 5.0  # seconds between tries of a Redis that does not answer
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Call:
     """A step about to run: where it sits in the tree and what it is sent."""
     id: str

@@ -1,6 +1,7 @@
 """protocol: the step protocol's pure functions (URLs, answers, errors, retries, step ids)."""
 import json
 import random
+from urllib.parse import urljoin
 
 import pytest
 
@@ -48,6 +49,31 @@ def test_expand_url_without_key_placeholder_is_unchanged():
 ])
 def test_expand_url_resolves_relative_urls_against_base(template, expected):
     assert expand_url(template, 'k/1', base=STEP_URL) == expected
+
+
+def test_expand_url_resolves_as_urljoin_does():
+    # Paths from the root are joined without urljoin when there is nothing to resolve in
+    # them; every kind of segment, base and ending must come out as urljoin has it.
+    segments = ['a', 'b.c', '.', '..', '', '...', '.a', 'a.', '%2F', 'x;y', 'é', ' s', 'a b',
+                '~u', "!$&'()*+,=:@", '{key}']
+    endings = ['', '/', '?q', '#f', '?', '#', '\t', ' ', '/.', '/..']
+    bases = [STEP_URL, 'https://u:p@h.com:8080/x/y?z=1#f', 'http://[::1]:9/', 'http://h.com',
+             'HTTP://H.com/a/']
+    rng = random.Random(7)
+    for _ in range(3000):
+        template = '/' + '/'.join(rng.choice(segments) for _ in range(rng.randint(1, 4))) \
+            + rng.choice(endings)
+        for base in bases:
+            joined = urljoin(base, template.replace('{key}', 'k.1'))
+            assert _outcome(expand_url, template, 'k.1', base=base) == \
+                _outcome(expand_url, joined, 'k.1'), template
+
+
+def _outcome(function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except InvalidAnswer:
+        return 'invalid'
 
 
 @pytest.mark.parametrize('template, base', [
