@@ -211,6 +211,10 @@ def _round_trip(pool, commands):
         pool.release(connection)
 
 
+def _hset(key, fields):
+    return ('HSET', key, *itertools.chain.from_iterable(fields.items()))
+
+
 class _Writes:
     """HSETs, merged per key (later fields win, as in Redis), then other commands; in a
     MULTI/EXEC if transaction, so that all of it or nothing is written. Every caller gets
@@ -230,8 +234,7 @@ class _Writes:
         self.then.extend(then)
 
     def commands(self):
-        commands = [('HSET', key, *itertools.chain.from_iterable(fields.items()))
-                    for key, fields in self.fields.items()] + self.then
+        commands = [_hset(key, fields) for key, fields in self.fields.items()] + self.then
         return [('MULTI',), *commands, ('EXEC',)] if self.transaction else commands
 
     def answer(self, replies):
@@ -294,6 +297,16 @@ class Store:
         if wait:
             batch.written.get()
 
+    def _pipelined(self, commands):
+        """The replies to commands, sent at once, as a pipeline without a transaction;
+        the first error reply is raised."""
+        commands = list(commands)
+        replies = _round_trip(self.redis.connection_pool, commands) if commands else []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     def _read(self, *command):
         return self._reads.batch().add(*command).get()
 
@@ -342,23 +355,21 @@ class Store:
         """Move up to one ticket from each named workflow's queue into this process's
         processing list, read its record and mark it dispatched unless it has ended.
         Returns [(workflow, ticket, record)]; the record has no key if the ticket had none."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for workflow in workflows:
-                pipe.lmove(incoming_key(self.ns, workflow),
-                           processing_key(self.ns, workflow, process), 'RIGHT', 'LEFT')
-            taken = [(w, t) for w, t in zip(workflows, pipe.execute()) if t is not None]
-            for workflow, ticket in taken:
-                pipe.hgetall(ticket_key(self.ns, workflow, ticket))
-            records = [_decode_ticket(w, t, fields) for (w, t), fields in zip(taken, pipe.execute())]
-            dispatched = self._status('dispatched')
-            for record in records:
-                if record['payload']['key'] is not None \
-                        and record['status'].get('current') not in FINISHED:
-                    pipe.hset(ticket_key(self.ns, record['workflow'], record['ticket']),
-                              mapping=dispatched)
-                    record['status'].update(current='dispatched',
-                                            dispatched=dispatched['status.dispatched.time'])
-            pipe.execute()
+        taken = [(w, t) for w, t in zip(workflows, self._pipelined(
+            ('LMOVE', incoming_key(self.ns, w), processing_key(self.ns, w, process), 'RIGHT',
+             'LEFT') for w in workflows)) if t is not None]
+        records = [_decode_ticket(w, t, _as_dict(fields)) for (w, t), fields in zip(
+            taken, self._pipelined(('HGETALL', ticket_key(self.ns, w, t)) for w, t in taken))]
+        dispatched = self._status('dispatched')
+        marks = []
+        for record in records:
+            if record['payload']['key'] is not None \
+                    and record['status'].get('current') not in FINISHED:
+                marks.append(_hset(ticket_key(self.ns, record['workflow'], record['ticket']),
+                                   dispatched))
+                record['status'].update(current='dispatched',
+                                        dispatched=dispatched['status.dispatched.time'])
+        self._pipelined(marks)
         return [(r['workflow'], r['ticket'], r) for r in records]
 
     @_unavailable_on_redis_errors

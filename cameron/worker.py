@@ -1,11 +1,11 @@
 """Run one ticket: call the start step, follow each answer's next steps (in parallel or in
 order), and record every step transition in the store.
 
-The code reads as plain blocking calls; the dispatcher runs each ticket in its own greenlet
-and every next step gets a greenlet of its own (run at once with its siblings, or after
-them), so the depth of a step tree never comes near Python's recursion limit. A ticket that was taken before (by a
-process that died) is resumed: steps recorded done are not called again, their recorded
-next steps are followed.
+The code reads as plain blocking calls; the dispatcher runs each ticket in its own greenlet,
+which walks the step tree in a loop (so its depth never comes near Python's recursion
+limit) and hands each parallel branch but one to a greenlet of its own. A ticket that was
+taken before (by a process that died) is resumed: steps recorded done are not called
+again, their recorded next steps are followed.
 """
 import dataclasses
 import datetime
@@ -77,7 +77,7 @@ class Worker:
         self.store.mark_ticket(workflow.name, ticket, 'running')
         log.info('ticket %s/%s: running', workflow.name, ticket)
         url = protocol.expand_url(workflow.start_point_url, key)
-        self._run_step(run, _Call('1', 'start', url, record['payload']['data']))
+        self._run_tree(run, _Call('1', 'start', url, record['payload']['data']))
         state = 'error' if run.failed else 'done'
         self.end_ticket(workflow.name, ticket, state)
         return state
@@ -87,45 +87,53 @@ class Worker:
         self.store.finish_ticket(workflow, ticket, self.process, state)
         log.info('ticket %s/%s: %s', workflow, ticket, state)
 
+    def _run_tree(self, run, root):
+        """Run the step root and every step under it. The first next step of each goes on
+        in this greenlet, each further parallel one in a greenlet of its own: a loop over
+        what is left to do, not recursion, so that a chain of any length stays flat, and
+        one greenlet fewer per step that names next steps."""
+        todo = [root]  # steps to run here, the last first, and [greenlets] to wait for
+        try:
+            while todo:
+                item = todo.pop()
+                if isinstance(item, list):
+                    _join(item)
+                    continue
+                children, parallel = self._run_step(run, item)
+                if parallel and len(children) > 1:
+                    todo.append([gevent.spawn(self._run_tree, run, child)
+                                 for child in children[1:]])
+                    todo.append(children[0])
+                else:
+                    todo.extend(reversed(children))  # each with its subtree before the next
+        finally:
+            for item in todo:  # left only if this ticket is being stopped, or on a fault
+                if isinstance(item, list):
+                    gevent.killall(item)
+
     def _run_step(self, run, call):
+        """Run one step (or follow its recorded answer); returns (next calls, parallel)."""
         recorded = run.recorded.get(call.id)
         if recorded and recorded['status']['current'] in FINISHED:
             answer = _recorded_answer(run, recorded)
         else:
             answer = self._call_step(run, call)
         if answer is None or not answer.next:
-            return
+            return [], False
         if len(answer.next) > self.max_fanout:
             self._fail(run, call, protocol.step_error(
                 'limit', f'{len(answer.next)} next steps are more than max_fanout '
                          f'({self.max_fanout}); none were run'))
-            return
+            return [], False
         if run.steps + len(answer.next) > run.workflow.max_steps:
             self._fail(run, call, protocol.step_error(
                 'limit', f'{len(answer.next)} next steps would pass max_steps '
                          f'({run.workflow.max_steps}); none were run'))
-            return
+            return [], False
         run.steps += len(answer.next)
-        children = [_Call(protocol.child_step_id(call.id, i), step.name, step.url, answer.data,
-                          parent=call.id, requestor=call.name)
-                    for i, step in enumerate(answer.next, 1)]
-        if answer.parallel:
-            self._run_apart(run, children)
-        else:
-            for child in children:  # each with its whole subtree before the next one
-                self._run_apart(run, [child])
-
-    def _run_apart(self, run, children):
-        """Run the children at once, each in a greenlet of its own, to their end even if one
-        raises; a kill of this ticket stops them all."""
-        greenlets = [gevent.spawn(self._run_step, run, child) for child in children]
-        try:
-            gevent.joinall(greenlets)
-        finally:
-            gevent.killall(greenlets)  # only if this ticket itself is being killed
-        for greenlet in greenlets:
-            if greenlet.exception is not None:
-                raise greenlet.exception
+        return [_Call(protocol.child_step_id(call.id, i), step.name, step.url, answer.data,
+                      parent=call.id, requestor=call.name)
+                for i, step in enumerate(answer.next, 1)], answer.parallel
 
     def _call_step(self, run, call):
         """Call the step and record the outcome; the Answer, or None if the step failed."""
@@ -189,6 +197,18 @@ class _Persistent:
                     delay = min(delay * 2, MAX_STORE_BACKOFF)
         setattr(self, name, call)  # made once: __getattr__ is not asked for it again
         return call
+
+
+def _join(greenlets):
+    """Wait for the greenlets to end, even if one raises; a kill of this ticket stops
+    them all. Then raise what the first one that failed raised."""
+    try:
+        gevent.joinall(greenlets)
+    finally:
+        gevent.killall(greenlets)  # only if this ticket itself is being killed
+    for greenlet in greenlets:
+        if greenlet.exception is not None:
+            raise greenlet.exception
 
 
 def _epoch(iso_time):

@@ -5,7 +5,7 @@ import requests
 
 from cameron.store import Store
 
-from .conftest import Reply
+from .conftest import Reply, wait_until
 
 
 def slow_start(step_service, delay=0.3):
@@ -158,6 +158,25 @@ def test_a_held_ticket_that_runs_nowhere_is_put_back_at_the_second_look(
     wait_for_all(cameron, [ticket])
     assert len(step_service.received) == 1
     assert redis_client.llen(f'{namespace}:workflow:w:queue:processing:{process}') == 0
+
+
+def test_a_stopped_ticket_stops_every_branch_it_runs(make_cameron, step_service, redis_client,
+                                                     namespace):
+    # The first branch of a parallel step runs in the ticket's own greenlet, the others in
+    # greenlets of their own, and a chain goes on in a loop: none may go on once stopped.
+    step_service.routes['/start/k1'] = {'next': [
+        {'name': f'c{i}', 'url': step_service.url(f'/c{i}')} for i in range(3)]}
+    step_service.routes.update({f'/c{i}': Reply(body={'next': [
+        {'name': 'after', 'url': step_service.url('/after')}]}, delay=0.4) for i in range(3)})
+    step_service.routes['/after'] = {}
+    cameron = make_cameron({'w': {'start_point_url': step_service.url('/start/{key}')}})
+    ticket = cameron.start('w', key='k1').json()['ticket']
+    wait_until(lambda: len(step_service.received) == 4, 2, 'the three branches called')
+    cameron.dispatcher.suspend()
+    gevent.sleep(0.8)
+    assert sorted(step_service.paths()) == ['/c0', '/c1', '/c2', '/start/k1']
+    fields = cameron.ticket_hash('w', ticket)
+    assert [fields[f'step.1-{i}.status.current'] for i in (1, 2, 3)] == ['running'] * 3
 
 
 def test_a_suspended_dispatcher_stops_its_tickets_and_takes_none(
