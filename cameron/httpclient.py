@@ -155,7 +155,7 @@ class _Connection:
 
     def read_response(self, max_body):
         """(Response, whether the connection can carry another request)."""
-        version, status, headers = self._read_head()
+        version, status, headers = self._read_head(first=True)
         while 100 <= status < 200:  # 100 Continue, 103 Early Hints: the answer follows
             if status == 101:
                 raise BadResponse('101 Switching Protocols, which was not asked for')
@@ -182,12 +182,13 @@ class _Connection:
             keep = False  # bytes the server sent past its answer: no telling what they are
         return Response(status, headers, body), keep
 
-    def _fill(self):
-        """Read what the socket has; False at its end."""
-        if _QUICKACK is not None:
-            # Acknowledge at once what arrives: a server that writes its headers and its
+    def _fill(self, more=True):
+        """Read what the socket has; False at its end. more: this answer is under way."""
+        if more and _QUICKACK is not None:
+            # Acknowledge at once what arrived: a server that writes its headers and its
             # body apart (gevent.pywsgi, wsgiref) holds the body, by Nagle's algorithm, until
-            # the headers are acknowledged, which a delayed ACK puts off for 40 ms.
+            # the headers are acknowledged, which a delayed ACK puts off for 40 ms. Not
+            # needed for an answer's first read, which most often holds all of it.
             self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         data = self._sock.recv(_READ_SIZE)
         if not data:
@@ -219,8 +220,8 @@ class _Connection:
             if not self._fill():
                 raise BadResponse(closed)
 
-    def _read_head(self):
-        whole = self._start < len(self._buffer) or self._fill()
+    def _read_head(self, first=False):
+        whole = self._start < len(self._buffer) or self._fill(more=not first)
         head = self._read_until(
             b'\r\n\r\n', MAX_HEAD_BYTES, f'no end of the headers in {MAX_HEAD_BYTES} bytes',
             'the connection closed before a whole answer' if whole

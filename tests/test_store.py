@@ -1,11 +1,12 @@
 """The Redis layout, checked with the literal key and field names an operator would read
 with redis-cli, on a real Redis and on fakeredis."""
 
+import gevent
 import pytest
 import redis
 
 from cameron.errors import StoreUnavailable
-from cameron.store import Store, _is_refusal, step_sort_key, timestamp
+from cameron.store import Store, _is_refusal, _Line, step_sort_key, timestamp
 
 from .conftest import keys_of
 
@@ -161,3 +162,66 @@ def test_a_finish_that_redis_refuses_releases_nothing(own_redis):
     store.finish_ticket(WORKFLOW, TICKET, 'proc-a', 'done')
     assert client.hget(f'ns:workflow:bar:ticket:{TICKET}', 'status.current') == 'done'
     assert client.llen('ns:workflow:bar:queue:processing:proc-a') == 0
+
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _CountingPool:
+    """redis-py's pool, counting the connections it lends and gets back."""
+
+    def __init__(self, pool):
+        self.pool, self.lent, self.returned = pool, 0, 0
+
+    def get_connection(self):
+        self.lent += 1
+        return self.pool.get_connection()
+
+    def release(self, connection):
+        self.returned += 1
+        self.pool.release(connection)
+
+
+def test_a_line_answers_each_command_in_order_an_error_in_its_place(redis_client, namespace):
+    key = f'{namespace}:a'
+    ok, error, value = _Line(redis_client.connection_pool).round_trip(
+        [('SET', key, '1'), ('LPUSH', key, 'x'), ('GET', key)])
+    assert ok in (True, 'OK') and value == '1'
+    assert isinstance(error, redis.ResponseError) and 'WRONGTYPE' in str(error)
+
+
+def test_a_line_keeps_its_connection_in_use_and_gives_it_back_when_idle(redis_client,
+                                                                        namespace):
+    pool, clock = _CountingPool(redis_client.connection_pool), _Clock()
+    line = _Line(pool, clock)
+    for _ in range(3):
+        line.round_trip([('GET', f'{namespace}:a')])
+        clock.now += _Line.IDLE / 2
+    assert (pool.lent, pool.returned) == (1, 0)
+    clock.now += _Line.IDLE
+    line.round_trip([('GET', f'{namespace}:a')])  # on one the pool looked at as it lent it
+    assert (pool.lent, pool.returned) == (2, 1)
+
+
+def test_a_line_used_by_two_greenlets_at_once_keeps_one_connection(redis_client, namespace):
+    pool = _CountingPool(redis_client.connection_pool)
+    line = _Line(pool)
+    gevent.joinall([gevent.spawn(line.round_trip, [('GET', f'{namespace}:a')])
+                    for _ in range(5)], raise_error=True)
+    assert pool.lent - pool.returned == 1
+
+
+def test_a_line_idle_through_a_redis_restart_goes_on(own_redis):
+    url, start, stop = own_redis
+    clock = _Clock()
+    line = _Line(redis.Redis.from_url(url, decode_responses=True).connection_pool, clock)
+    line.round_trip([('SET', 'a', '1')])
+    stop()
+    start()
+    clock.now += _Line.IDLE * 2
+    assert line.round_trip([('GET', 'a')]) == ['1']
