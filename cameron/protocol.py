@@ -1,11 +1,12 @@
 """The step protocol, as pure functions: what Cameron sends a step service, how it reads
 the answer, the URL rules and step ids. No I/O here, so every rule is unit-testable."""
 import dataclasses
+import functools
 import json
 import math
 import random
 import re
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 from .errors import InvalidAnswer
 
@@ -87,19 +88,34 @@ def expand_url(template, key, base=None, allowed_hosts=None):
     """template with {key} replaced by the URL-encoded key, resolved against base when
     relative; InvalidAnswer unless it is http(s) and, if a list is given, on allowed_hosts."""
     try:
-        url = template.replace('{key}', quote(key, safe=''))
+        url = template.replace('{key}', _quoted(key)) if '{key}' in template else template
         if base:
             url = _resolve(base, url)
         parts = urlsplit(url)
-        parts.port  # noqa: B018 (a ValueError if it is not a port number)
-        valid = parts.scheme in ('http', 'https') and parts.hostname and is_text(url)
+        host = _host(parts.netloc)
+        valid = parts.scheme in ('http', 'https') and host and is_text(url)
     except ValueError:  # urlsplit's word for a malformed host ("[oops") or port
         valid = False
     if not valid:
         raise InvalidAnswer(f'{template!r} is not an http or https URL')
-    if allowed_hosts is not None and parts.hostname not in allowed_hosts:
-        raise InvalidAnswer(f'{parts.hostname!r} is not on allowed_hosts')
+    if allowed_hosts is not None and host not in allowed_hosts:
+        raise InvalidAnswer(f'{host!r} is not on allowed_hosts')
     return url
+
+
+# Worked out once per key and per host: every step of a ticket has the same key, and most
+# of a workflow's steps the same few hosts.
+@functools.lru_cache(maxsize=4096)
+def _quoted(key):
+    return quote(key, safe='')
+
+
+@functools.lru_cache(maxsize=1024)
+def _host(netloc):
+    """The host name in a URL's netloc; a ValueError if its port is not a port number."""
+    parts = SplitResult('', netloc, '', '', '')
+    parts.port  # noqa: B018 (a ValueError if it is not a port number)
+    return parts.hostname
 
 
 def _resolve(base, url):
