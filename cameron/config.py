@@ -16,6 +16,9 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = 'conf/cameron.yaml'
 MIB = 1024 * 1024
+# The store keeps up to 4 connections for its batches and one listens for endings; the
+# rest serve heartbeats, health checks and recovery.
+MIN_REDIS_CONNECTIONS = 8
 
 
 def _setting(default, help):
@@ -184,6 +187,8 @@ def _check(config, sources):
                  'poll_interval', 'max_fanout', 'ticket_ttl', 'heartbeat_ttl', 'body_timeout'):
         if not 0 < getattr(config, name) < math.inf:  # NaN fails too
             fail(name, 'must be above 0 and finite')
+    if config.redis_connections < MIN_REDIS_CONNECTIONS:
+        fail('redis_connections', f'must be at least {MIN_REDIS_CONNECTIONS}')
     for name in ('retries', 'retry_backoff', 'drain_timeout'):
         if not 0 <= getattr(config, name) < math.inf:
             fail(name, 'must be 0 or more and finite')

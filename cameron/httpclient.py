@@ -182,9 +182,9 @@ class _Connection:
             keep = False  # bytes the server sent past its answer: no telling what they are
         return Response(status, headers, body), keep
 
-    def _fill(self, more=True):
-        """Read what the socket has; False at its end. more: this answer is under way."""
-        if more and _QUICKACK is not None:
+    def _fill(self, quickack=True):
+        """Read what the socket has; False at its end."""
+        if quickack and _QUICKACK is not None:
             # Acknowledge at once what arrived: a server that writes its headers and its
             # body apart (gevent.pywsgi, wsgiref) holds the body, by Nagle's algorithm, until
             # the headers are acknowledged, which a delayed ACK puts off for 40 ms. Not
@@ -221,7 +221,7 @@ class _Connection:
                 raise BadResponse(closed)
 
     def _read_head(self, first=False):
-        whole = self._start < len(self._buffer) or self._fill(more=not first)
+        whole = self._start < len(self._buffer) or self._fill(quickack=not first)
         head = self._read_until(
             b'\r\n\r\n', MAX_HEAD_BYTES, f'no end of the headers in {MAX_HEAD_BYTES} bytes',
             'the connection closed before a whole answer' if whole

@@ -20,18 +20,23 @@ StoreUnavailable.
 import functools
 import itertools
 import json
+import select
+import socket
+import ssl
 import time
 
 import gevent
 import gevent.event
 import hiredis
 import redis
+from gevent import monkey
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .errors import StoreUnavailable
 
 FINISHED = ('done', 'error')
+_poll = monkey.get_original('select', 'poll')
 _STEP_ORDER = ('id', 'name', 'parent', 'requestor', 'url', 'status', 'attempts', 'http_status',
                'duration_ms', 'data', 'next', 'parallel', 'error', 'answer_name')
 
@@ -162,8 +167,8 @@ class _Gathering:
     caller returns (or raises) once its batch is done. Under load, hundreds of commands
     cost one round trip; alone, a command waits one turn of the event loop."""
 
-    def __init__(self, client, new_batch):
-        self._line = _Line(client.connection_pool)
+    def __init__(self, connections, new_batch):
+        self._connections = connections
         self._new_batch = new_batch
         self._batch = new_batch()
         self._sender = None
@@ -180,7 +185,7 @@ class _Gathering:
                 batch, self._batch = self._batch, self._new_batch()
                 commands = batch.commands()
                 try:
-                    replies = self._line.round_trip(commands)
+                    replies = self._connections.round_trip(commands)
                 except Exception as e:  # each caller gets it, and retries or reports it
                     replies = [e] * len(commands)
                 batch.answer(replies)
@@ -188,34 +193,30 @@ class _Gathering:
             self._sender = None
 
 
-class _Line:
-    """A pooled connection kept between round trips, for one sender of batches.
+class _Connections:
+    """The connections batches go out on, kept between round trips rather than given back
+    to the pool.
 
-    redis-py's pool looks at a connection for a close by the server (Redis restarted) at
-    every checkout, through gevent's poll, which goes round the event loop even when it
-    need not wait: 87 µs of the 152 µs of CPU a round trip costs. A connection in steady
-    use needs no such look. One idle for IDLE seconds goes back to the pool, and the next
-    round trip checks one out, looked at as usual."""
+    redis-py's pool looks at a connection for a close by the server (Redis restarted) as
+    it lends it, through gevent's poll, which goes round the event loop even when it need
+    not wait: 87 µs of the 152 µs of CPU a round trip cost. A kept connection is looked at
+    with the real poll instead. At most KEPT are kept, out of redis_connections; a round
+    trip that finds none free borrows one from the pool."""
 
-    IDLE = 1.0
+    KEPT = 4
 
-    def __init__(self, pool, clock=time.monotonic):
+    def __init__(self, pool):
         self._pool = pool
-        self._clock = clock
-        self._kept = None
-        self._used = 0.0
+        self._free = []
 
     def round_trip(self, commands):
         """The replies to commands (tuples), sent in one write and read in order; an error
         reply is a ResponseError in its place. This is what a redis-py pipeline does, at
         half its CPU per command: each command is packed by hiredis at once rather than
         through redis-py's command methods, serializer and response callbacks."""
-        connection, self._kept = self._kept, None
-        if connection is not None and self._clock() - self._used > self.IDLE:
-            self._pool.release(connection)
-            connection = None
-        if connection is None:  # also while another greenlet has the kept one
-            connection = self._pool.get_connection()
+        connection = self._free.pop() if self._free else self._pool.get_connection()
+        if not _quiet(connection):
+            connection.disconnect()  # closed by the server: it connects again as it sends
         try:
             connection.send_packed_command([b''.join(map(hiredis.pack_command, commands))])
             replies = []
@@ -228,11 +229,24 @@ class _Line:
             connection.disconnect()  # replies may be left unread on it
             self._pool.release(connection)
             raise
-        if self._kept is None:
-            self._kept, self._used = connection, self._clock()
+        if len(self._free) < self.KEPT:
+            self._free.append(connection)
         else:
             self._pool.release(connection)
         return replies
+
+
+def _quiet(connection):
+    """True unless something waits to be read on the connection: the server's close, say.
+    With the real poll, which does not wait; fakeredis's connections are never closed."""
+    sock = getattr(connection, '_sock', None)  # None while not connected
+    if not isinstance(sock, socket.socket):
+        return True
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    poller = _poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return not poller.poll(0)
 
 
 def _hset(key, fields):
@@ -304,13 +318,13 @@ class Store:
         self.ns = namespace
         self.ticket_ttl = ticket_ttl
         self._clock = clock
-        self._writes = _Gathering(client, _Writes)
+        self._connections = _Connections(client.connection_pool)
+        self._writes = _Gathering(self._connections, _Writes)
         # Starts and finishes are all or nothing: Redis short of memory refuses an HSET but
         # not the LREM that frees memory, and a ticket must never be released unrecorded.
-        self._starts = _Gathering(client, lambda: _Writes(transaction=True))
-        self._finishes = _Gathering(client, lambda: _Writes(transaction=True))
-        self._reads = _Gathering(client, _Reads)
-        self._line = _Line(client.connection_pool)
+        self._starts = _Gathering(self._connections, lambda: _Writes(transaction=True))
+        self._finishes = _Gathering(self._connections, lambda: _Writes(transaction=True))
+        self._reads = _Gathering(self._connections, _Reads)
 
     @staticmethod
     def _write(gathering, key, fields, then=(), wait=True):
@@ -326,7 +340,7 @@ class Store:
         """The replies to commands, sent at once, as a pipeline without a transaction;
         the first error reply is raised."""
         commands = list(commands)
-        replies = self._line.round_trip(commands) if commands else []
+        replies = self._connections.round_trip(commands) if commands else []
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

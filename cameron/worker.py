@@ -106,8 +106,13 @@ class Worker:
                     todo.append(children[0])
                 else:
                     todo.extend(reversed(children))  # each with its subtree before the next
+        except Exception:
+            # A fault of Cameron's own ends the ticket in error, but what runs beside it
+            # first runs to its end, records and all, as a fault in a sibling would let it.
+            gevent.joinall([g for item in todo if isinstance(item, list) for g in item])
+            raise
         finally:
-            for item in todo:  # left only if this ticket is being stopped, or on a fault
+            for item in todo:  # left running only if this ticket is being stopped
                 if isinstance(item, list):
                     gevent.killall(item)
 

@@ -1,14 +1,16 @@
 """The Redis layout, checked with the literal key and field names an operator would read
 with redis-cli, on a real Redis and on fakeredis."""
 
+import uuid
+
 import gevent
 import pytest
 import redis
 
 from cameron.errors import StoreUnavailable
-from cameron.store import Store, _is_refusal, _Line, step_sort_key, timestamp
+from cameron.store import Store, _Connections, _is_refusal, step_sort_key, timestamp
 
-from .conftest import keys_of
+from .conftest import REDIS_URL, keys_of, real_redis
 
 WORKFLOW = 'bar'
 TICKET = '3bd73a7731e5efca25b5ef05e3f79af9'
@@ -165,13 +167,6 @@ def test_a_finish_that_redis_refuses_releases_nothing(own_redis):
 
 
 
-class _Clock:
-    now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 class _CountingPool:
     """redis-py's pool, counting the connections it lends and gets back."""
 
@@ -187,41 +182,59 @@ class _CountingPool:
         self.pool.release(connection)
 
 
-def test_a_line_answers_each_command_in_order_an_error_in_its_place(redis_client, namespace):
+def test_batches_get_each_reply_in_order_an_error_in_its_place(redis_client, namespace):
     key = f'{namespace}:a'
-    ok, error, value = _Line(redis_client.connection_pool).round_trip(
+    ok, error, value = _Connections(redis_client.connection_pool).round_trip(
         [('SET', key, '1'), ('LPUSH', key, 'x'), ('GET', key)])
     assert ok in (True, 'OK') and value == '1'
     assert isinstance(error, redis.ResponseError) and 'WRONGTYPE' in str(error)
 
 
-def test_a_line_keeps_its_connection_in_use_and_gives_it_back_when_idle(redis_client,
-                                                                        namespace):
-    pool, clock = _CountingPool(redis_client.connection_pool), _Clock()
-    line = _Line(pool, clock)
-    for _ in range(3):
-        line.round_trip([('GET', f'{namespace}:a')])
-        clock.now += _Line.IDLE / 2
-    assert (pool.lent, pool.returned) == (1, 0)
-    clock.now += _Line.IDLE
-    line.round_trip([('GET', f'{namespace}:a')])  # on one the pool looked at as it lent it
-    assert (pool.lent, pool.returned) == (2, 1)
-
-
-def test_a_line_used_by_two_greenlets_at_once_keeps_one_connection(redis_client, namespace):
+def test_batches_keep_their_connections_up_to_a_few(redis_client, namespace):
     pool = _CountingPool(redis_client.connection_pool)
-    line = _Line(pool)
-    gevent.joinall([gevent.spawn(line.round_trip, [('GET', f'{namespace}:a')])
-                    for _ in range(5)], raise_error=True)
+    connections = _Connections(pool)
+    for _ in range(3):
+        connections.round_trip([('GET', f'{namespace}:a')])
+    assert (pool.lent, pool.returned) == (1, 0)
+    # Many at once borrow more from the pool, and give back all but KEPT of them. (On
+    # fakeredis nothing waits, so they never overlap.)
+    gevent.joinall([gevent.spawn(connections.round_trip, [('GET', f'{namespace}:a')])
+                    for _ in range(_Connections.KEPT + 3)], raise_error=True)
+    assert pool.lent - pool.returned == min(pool.lent, _Connections.KEPT)
+
+
+def test_a_batch_stopped_halfway_leaves_no_reply_behind(redis_client, namespace):
+    pool = _CountingPool(redis_client.connection_pool)
+    connections = _Connections(pool)
+    waiting = gevent.spawn(connections.round_trip, [('BLPOP', f'{namespace}:q', 5)])
+    gevent.sleep(0.1)
+    waiting.kill()
+    redis_client.lpush(f'{namespace}:q', 'late')  # a reply BLPOP would have read
+    assert connections.round_trip([('LLEN', f'{namespace}:q')]) == [1]
     assert pool.lent - pool.returned == 1
 
 
-def test_a_line_idle_through_a_redis_restart_goes_on(own_redis):
+def test_batches_go_on_at_once_after_a_redis_restart(own_redis):
     url, start, stop = own_redis
-    clock = _Clock()
-    line = _Line(redis.Redis.from_url(url, decode_responses=True).connection_pool, clock)
-    line.round_trip([('SET', 'a', '1')])
+    connections = _Connections(redis.Redis.from_url(url, decode_responses=True).connection_pool)
+    connections.round_trip([('SET', 'a', '1')])
     stop()
     start()
-    clock.now += _Line.IDLE * 2
-    assert line.round_trip([('GET', 'a')]) == ['1']
+    assert connections.round_trip([('GET', 'a')]) == ['1']
+
+
+def test_a_ticket_reads_alike_over_resp2():
+    real_redis()  # without a Redis: skipped, or under CI failed
+    client = redis.Redis.from_url(REDIS_URL, protocol=2, decode_responses=True)
+    namespace = f'cameron-test-{uuid.uuid4().hex[:12]}'
+    store = Store(client, namespace, ticket_ttl=60)
+    try:
+        store.push_ticket(WORKFLOW, TICKET, 'k', {'a': 1})
+        store.record_step(WORKFLOW, TICKET, '1', 'done', name='start', attempts=1)
+        record = store.read_ticket(WORKFLOW, TICKET)
+        assert record['payload'] == {'key': 'k', 'data': {'a': 1}}
+        assert record['steps'][0]['attempts'] == 1
+        assert store.take_tickets([WORKFLOW], 'proc-a')[0][2]['payload']['key'] == 'k'
+    finally:
+        for key in client.scan_iter(f'{namespace}:*'):
+            client.delete(key)

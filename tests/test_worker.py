@@ -345,3 +345,26 @@ def test_a_key_cannot_inject_headers_or_change_the_url(make_cameron, svc):
     assert request.path == '/start/' + key  # the whole key, one path segment, decoded
     assert record['steps'][0]['url'].startswith(svc.url('/start/x%0D%0AX-Injected%3A%201'))
     assert request.body['key'] == key
+
+
+def test_a_fault_in_one_branch_lets_the_others_run_to_their_end(make_cameron, svc, monkeypatch):
+    # A fault of Cameron's own (here a store that fails to record one step) ends the ticket
+    # in error; the branches beside it still run and record their end, whichever greenlet
+    # the fault was in.
+    svc.routes['/start/k1'] = answer('start', ('a', svc.url('/a')), ('b', svc.url('/b')))
+    svc.routes['/a'] = {}
+    svc.routes['/b'] = Reply(body={'name': 'b'}, delay=0.3)
+    cameron = make_cameron({'w': workflow(svc)})
+    store = cameron.dispatcher.worker.store._store  # the Store under its retries
+    record_step = store.record_step
+
+    def failing_record_step(workflow_name, ticket, step_id, state, **fields):
+        if (step_id, state) == ('1-1', 'done'):
+            raise RuntimeError('a fault')
+        return record_step(workflow_name, ticket, step_id, state, **fields)
+
+    monkeypatch.setattr(store, 'record_step', failing_record_step)
+    record = cameron.run('w')
+    assert record['status']['current'] == 'error'
+    steps = steps_by_id(record)
+    assert steps['1-2']['status']['current'] == 'done' and steps['1-2']['name'] == 'b'
