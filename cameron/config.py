@@ -16,8 +16,9 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = 'conf/cameron.yaml'
 MIB = 1024 * 1024
-# The store keeps up to 4 connections for its batches and one listens for endings; the
-# rest serve heartbeats, health checks and recovery.
+# The store keeps up to 4 connections for its batches (store._Connections.KEPT) and one
+# listens for endings; the rest serve heartbeats, health checks, idempotent starts and
+# recovery, and more batches at once. Fewer would leave those waiting on one another.
 MIN_REDIS_CONNECTIONS = 8
 
 

@@ -37,6 +37,9 @@ from .errors import StoreUnavailable
 
 FINISHED = ('done', 'error')
 _poll = monkey.get_original('select', 'poll')
+# gevent's socket class is not a subclass of the standard one: a connection made before
+# patching (or with patching left out) has the standard one.
+_SOCKETS = (socket.socket, monkey.get_original('socket', 'socket'))
 _STEP_ORDER = ('id', 'name', 'parent', 'requestor', 'url', 'status', 'attempts', 'http_status',
                'duration_ms', 'data', 'next', 'parallel', 'error', 'answer_name')
 
@@ -135,8 +138,9 @@ def connect(url, max_connections):
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=10, decode_responses=True,
             socket_timeout=10, socket_connect_timeout=5,
-            # One quick retry hides a pooled connection gone stale (Redis restarted); longer
-            # outages reach the dispatcher and the API, which back off or answer 503.
+            # For single commands, one quick retry hides a pooled connection gone stale
+            # (Redis restarted); longer outages reach the dispatcher and the API, which back
+            # off or answer 503. Batches are never sent twice: see _Connections.
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1))
         client = redis.Redis(connection_pool=pool)
         client.ping()
@@ -201,7 +205,11 @@ class _Connections:
     it lends it, through gevent's poll, which goes round the event loop even when it need
     not wait: 87 µs of the 152 µs of CPU a round trip cost. A kept connection is looked at
     with the real poll instead. At most KEPT are kept, out of redis_connections; a round
-    trip that finds none free borrows one from the pool."""
+    trip that finds none free borrows one from the pool.
+
+    A batch is never sent twice: one that fails on the way (a close that the look could not
+    see yet, say, after a failover) fails its callers, who try again (the worker) or answer
+    503 (the API). Resending could queue a ticket twice."""
 
     KEPT = 4
 
@@ -211,13 +219,13 @@ class _Connections:
 
     def round_trip(self, commands):
         """The replies to commands (tuples), sent in one write and read in order; an error
-        reply is a ResponseError in its place. This is what a redis-py pipeline does, at
-        half its CPU per command: each command is packed by hiredis at once rather than
-        through redis-py's command methods, serializer and response callbacks."""
+        reply is a ResponseError in its place. What a redis-py pipeline does, but for its
+        retry, at half its CPU per command: each command is packed by hiredis at once rather
+        than through redis-py's command methods, serializer and response callbacks."""
         connection = self._free.pop() if self._free else self._pool.get_connection()
-        if not _quiet(connection):
-            connection.disconnect()  # closed by the server: it connects again as it sends
         try:
+            if not _quiet(connection) or _moved(connection):
+                connection.disconnect()  # it connects again as it sends
             connection.send_packed_command([b''.join(map(hiredis.pack_command, commands))])
             replies = []
             for _ in commands:
@@ -236,11 +244,18 @@ class _Connections:
         return replies
 
 
+def _moved(connection):
+    """True if the server has said it moves (redis-py 8's maintenance notices), which the
+    pool would act on as the connection came back to it; a kept one does not come back."""
+    should_reconnect = getattr(connection, 'should_reconnect', None)
+    return should_reconnect is not None and should_reconnect()
+
+
 def _quiet(connection):
     """True unless something waits to be read on the connection: the server's close, say.
     With the real poll, which does not wait; fakeredis's connections are never closed."""
     sock = getattr(connection, '_sock', None)  # None while not connected
-    if not isinstance(sock, socket.socket):
+    if not isinstance(sock, _SOCKETS):
         return True
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return False

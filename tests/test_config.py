@@ -171,6 +171,8 @@ ERRORS = [
     ('', {'CAMERON_NAMESPACE': 'a:b'}, [], 'CAMERON_NAMESPACE', 'namespace may hold only'),
     ('', {'CAMERON_RETRIES': '-1'}, [], 'CAMERON_RETRIES', 'retries must be 0 or more'),
     ('step_timeout: 0\n', {}, [], 'FILE', 'step_timeout must be above 0'),
+    ('', {}, ['--redis-connections', '4'], '--redis-connections',
+     'redis_connections must be at least 8'),
 ]
 
 
