@@ -14,12 +14,11 @@ import collections
 import dataclasses
 import functools
 import re
-import select
 import socket
 import ssl
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
-from gevent import monkey
+from . import idle
 
 MAX_HEAD_BYTES = 65536  # status line and headers of one answer; trailer fields
 MAX_CHUNK_LINE = 4096  # a chunk's size line, extensions included
@@ -31,9 +30,6 @@ _STATUS_LINE = re.compile(r'(HTTP/1\.[01]) ([0-9]{3})(?: .*)?')
 _CONTENT_LENGTH = re.compile(r'[0-9]{1,18}')
 _CHUNK_SIZE = re.compile(rb'([0-9A-Fa-f]{1,15})[ \t]*(?:;.*)?')  # extensions are ignored
 _QUICKACK = getattr(socket, 'TCP_QUICKACK', None)  # Linux only
-# A look at an idle socket that must not wait: the real poll, not gevent's, which would
-# go round the event loop even with a zero timeout.
-_poll = monkey.get_original('select', 'poll')
 
 
 class BadResponse(ValueError):
@@ -134,8 +130,7 @@ class _Connection:
         self._sock = sock
         self._buffer = bytearray()  # bytes read; those before _start are parsed
         self._start = 0
-        self._poller = _poll()
-        self._poller.register(sock.fileno(), select.POLLIN)
+        self._poller = idle.watch(sock)
 
     def close(self):
         self._sock.close()
@@ -149,9 +144,7 @@ class _Connection:
 
     def quiet(self):
         """True if nothing is there to read: the server has neither sent nor closed."""
-        if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
-            return False
-        return not self._poller.poll(0)
+        return idle.quiet(self._sock, self._poller)
 
     def read_response(self, max_body):
         """(Response, whether the connection can carry another request)."""

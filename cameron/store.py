@@ -20,9 +20,7 @@ StoreUnavailable.
 import functools
 import itertools
 import json
-import select
 import socket
-import ssl
 import time
 
 import gevent
@@ -33,10 +31,10 @@ from gevent import monkey
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from . import idle
 from .errors import StoreUnavailable
 
 FINISHED = ('done', 'error')
-_poll = monkey.get_original('select', 'poll')
 # gevent's socket class is not a subclass of the standard one: a connection made before
 # patching (or with patching left out) has the standard one.
 _SOCKETS = (socket.socket, monkey.get_original('socket', 'socket'))
@@ -253,15 +251,9 @@ def _moved(connection):
 
 def _quiet(connection):
     """True unless something waits to be read on the connection: the server's close, say.
-    With the real poll, which does not wait; fakeredis's connections are never closed."""
+    fakeredis's connections are never closed."""
     sock = getattr(connection, '_sock', None)  # None while not connected
-    if not isinstance(sock, _SOCKETS):
-        return True
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return False
-    poller = _poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return not poller.poll(0)
+    return not isinstance(sock, _SOCKETS) or idle.quiet(sock, idle.watch(sock))
 
 
 def _hset(key, fields):
