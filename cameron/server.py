@@ -13,7 +13,6 @@ import uuid
 import gevent
 import gevent.event
 from gevent import monkey
-from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from . import __version__, demo
 from .api import make_app
@@ -22,6 +21,7 @@ from .config import load_config
 from .dispatcher import Dispatcher
 from .endings import Endings
 from .errors import ConfigError, CatalogueError, StoreUnavailable
+from .httpserver import listen, make_server
 from .recovery import Liveness
 from .stepclient import StepClient
 from .store import Store, connect
@@ -82,15 +82,6 @@ def assemble(config, catalogue, client, process=None):
     return Parts(app, dispatcher, liveness, endings, steps, process)
 
 
-def listen(host, port):
-    """The API's listening socket. TCP_NODELAY, which accepted sockets inherit: pywsgi
-    writes a response's headers and body apart, and Nagle's algorithm would hold the body
-    until the client's delayed ACK, 40 ms later, on every keep-alive request."""
-    listener = socket.create_server((host, port), backlog=2048)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return listener
-
-
 def raise_open_file_limit(wanted):
     """Every step call in flight and every client holds a file descriptor: lift the soft
     limit to the hard one, and say so, and say when even that is short of `wanted`."""
@@ -114,8 +105,7 @@ def serve(config, catalogue, client):
     port = listener.getsockname()[1]
     raise_open_file_limit(config.max_outgoing_requests + config.redis_connections + 1024)
     parts = assemble(config, catalogue, client, config.process_id or f'{socket.gethostname()}:{port}')
-    server = WSGIServer(listener, parts.app, handler_class=_Handler,
-                        error_log=logging.getLogger('cameron.http'))
+    server = make_server(listener, parts.app, logging.getLogger('cameron.http'))
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
@@ -144,12 +134,6 @@ def serve(config, catalogue, client):
     parts.steps.close()
     log.info('stopped')
     return 0
-
-
-class _Handler(WSGIHandler):
-    def log_request(self):
-        """No access log: pywsgi formats each line even when it has nowhere to write it,
-        and Cameron logs what it does with each ticket itself."""
 
 
 def _tune_garbage_collector():

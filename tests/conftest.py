@@ -27,7 +27,8 @@ from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from cameron.catalogue import parse_catalogue  # noqa: E402
 from cameron.config import Config  # noqa: E402
-from cameron.server import assemble, listen  # noqa: E402
+from cameron.httpserver import listen, make_server  # noqa: E402
+from cameron.server import assemble  # noqa: E402
 
 # A database of its own, so the tests never touch data on database 0; and keys under a
 # namespace of each test's own, deleted after it.
@@ -288,7 +289,7 @@ class Cameron:
         self.dispatcher = parts.dispatcher
         self.redis = client
         self.ns = namespace
-        self.server = WSGIServer(listen('127.0.0.1', 0), parts.app, log=None, error_log=None)
+        self.server = make_server(listen('127.0.0.1', 0), parts.app, error_log=None)
         self.server.start()
         self.base = f'http://127.0.0.1:{self.server.server_port}'
         if heartbeat:

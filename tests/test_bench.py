@@ -22,7 +22,7 @@ def needs_redis_server():
 
 @pytest.mark.parametrize('script, args', [
     ('fan7.py', ['--tickets', '30', '--concurrency', '10', '--runs', '2']),
-    ('start_api.py', ['--seconds', '1', '--connections', '5']),
+    ('start_api.py', ['--seconds', '1', '--connections', '5', '--rounds', '1']),
     ('inflight.py', ['--tickets', '50', '--delay', '0.05', '--outgoing', '100']),
     ('two_processes.py', ['--tickets', '30', '--concurrency', '10']),
 ])

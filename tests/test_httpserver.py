@@ -1,0 +1,81 @@
+"""The API's request handler: headers read as pywsgi reads them, its limits kept."""
+import http.client
+import io
+import random
+import socket
+
+import pytest
+from gevent.pywsgi import headers_factory
+
+from cameron.httpserver import MAX_HEADERS, MAX_LINE, read_headers
+
+
+def _read(read, block):
+    try:
+        headers = read(io.BytesIO(block))
+    except http.client.HTTPException as e:
+        return 'refused', str(e)
+    return headers.status, headers.items(), list(headers.headers), headers.typeheader
+
+
+def test_headers_come_out_as_pywsgi_reads_them():
+    # Plain lines are taken apart without the email parser; every other kind of line must
+    # still come out as pywsgi's own reading (http.client and the email parser) has it.
+    names = ['Host', 'Content-Type', 'X_Y', 'a-b', 'Ü', 'Fr om', 'From ', '', 'Idempotency-Key']
+    values = ['', ' ', 'v', ' v ', '\tv', 'a:b', 'a\rb', 'a\x0bb', 'a\x85b', 'a\x00', 'é', 'a b\t']
+    endings = ['\r\n', '\n', '\r\n ', '\r\n\tfolded\r\n']
+    rng = random.Random(11)
+    for _ in range(3000):
+        lines = []
+        for _ in range(rng.randint(0, 4)):
+            line = rng.choice(names) + rng.choice([':', ': ', ' :', '']) + rng.choice(values)
+            lines.append(line + rng.choice(endings))
+        block = ''.join(lines).encode('iso-8859-1') + rng.choice([b'\r\n', b'\n', b''])
+        assert _read(read_headers, block) == _read(headers_factory, block), block
+
+
+def test_a_header_line_over_the_limit_is_refused_as_pywsgi_does():
+    block = b'X: ' + b'a' * MAX_LINE + b'\r\n\r\n'
+    assert read_headers(io.BytesIO(block)).status == headers_factory(io.BytesIO(block)).status \
+        == 'Line too long'
+
+
+@pytest.mark.parametrize('count', [MAX_HEADERS - 1, MAX_HEADERS])
+def test_as_many_headers_are_taken_as_pywsgi_takes(count):
+    # http.client counts the blank line that ends the headers as one of them.
+    block = b''.join(b'X-%d: v\r\n' % i for i in range(count)) + b'\r\n'
+    assert _read(read_headers, block) == _read(headers_factory, block)
+    assert (_read(read_headers, block)[0] == 'refused') == (count == MAX_HEADERS)
+
+
+@pytest.fixture
+def cameron(make_cameron, step_service):
+    return make_cameron({'bar': {'start_point_url': step_service.url('/start/{key}')}})
+
+
+def raw_request(cameron, request):
+    """The status line of Cameron's answer to `request`, sent as it is."""
+    with socket.create_connection(('127.0.0.1', int(cameron.base.rsplit(':', 1)[1]))) as s:
+        s.sendall(request)
+        return s.makefile('rb').readline()
+
+
+@pytest.mark.parametrize('headers', [
+    b'X: ' + b'a' * (MAX_LINE + 1) + b'\r\n',
+    b''.join(b'X-%d: v\r\n' % i for i in range(MAX_HEADERS + 1)),
+])
+def test_the_api_answers_400_to_headers_over_the_limits(cameron, headers):
+    request = b'GET /api/health HTTP/1.1\r\nHost: x\r\n' + headers + b'\r\n'
+    assert raw_request(cameron, request).startswith(b'HTTP/1.1 400')
+
+
+def test_a_folded_header_reaches_the_api(cameron):
+    # Obsolete line folding is left to the email parser, as pywsgi does.
+    body = b'{"key": "k1"}'
+    request = (b'POST /api/workflow/bar/start HTTP/1.1\r\nHost: x\r\nConnection: close\r\n'
+               b'Content-Length: %d\r\nIdempotency-Key: order\r\n 77\r\n\r\n%s'
+               % (len(body), body))
+    assert raw_request(cameron, request).startswith(b'HTTP/1.1 201')
+    assert raw_request(cameron, request).startswith(b'HTTP/1.1 200')
+    again = cameron.start('bar', headers={'Idempotency-Key': 'order\r\n 77'.replace('\r\n', '')})
+    assert again.status_code == 201  # the folded key is not the unfolded one
