@@ -6,9 +6,11 @@ from gevent import monkey
 monkey.patch_all()
 
 import atexit  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -19,6 +21,7 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.pool  # noqa: E402
+import redis  # noqa: E402
 import yaml  # noqa: E402
 from cameron.httpclient import HTTPClient  # noqa: E402
 
@@ -181,31 +184,86 @@ def run_tickets(bases, workflow, count, concurrency, wait=60):
     """Start `count` tickets (round robin over the servers at `bases`), each followed by a
     ?wait= read, at most `concurrency` at once. Returns (latencies, errors, wall seconds)."""
     latencies, errors = [], []
-
-    def one(i):
-        base = bases[i % len(bases)]
-        started = time.monotonic()
-        try:
-            _, headers, _ = call('POST', f'{base}/api/workflow/{workflow}/start',
-                                 json.dumps({'key': f'k{i}'}).encode(), timeout=30)
-            _, _, body = call('GET', f'{base}{headers["location"]}?wait={wait}',
-                              timeout=wait + 30)
-            record = json.loads(body)
-        except Exception as e:  # a bench reports failures; it does not stop at the first
-            errors.append(repr(e))
-            return
-        if record.get('status', {}).get('current') != 'done' \
-                or len(record['steps']) != STEPS_PER_TICKET:
-            errors.append(record)
-            return
-        latencies.append(time.monotonic() - started)
-
     pool = gevent.pool.Pool(concurrency)
     began = time.monotonic()
-    pool.map(one, range(count))
+    pool.map(lambda i: _run_ticket(bases[i % len(bases)], workflow, f'k{i}', wait, latencies,
+                                   errors), range(count))
+    _tell(errors)
+    return latencies, errors, time.monotonic() - began
+
+
+def _run_ticket(base, workflow, key, wait, latencies, errors):
+    """Start a ticket and wait for its end; its latency or its failure goes in the lists."""
+    started = time.monotonic()
+    try:
+        _, headers, _ = call('POST', f'{base}/api/workflow/{workflow}/start',
+                             json.dumps({'key': key}).encode(), timeout=30)
+        _, _, body = call('GET', f'{base}{headers["location"]}?wait={wait}', timeout=wait + 30)
+        record = json.loads(body)
+    except Exception as e:  # a bench reports failures; it does not stop at the first
+        errors.append(repr(e))
+        return
+    if record.get('status', {}).get('current') != 'done' \
+            or len(record['steps']) != STEPS_PER_TICKET:
+        errors.append(record)
+        return
+    latencies.append(time.monotonic() - started)
+
+
+def _tell(errors):
     if errors:
         print(f'{len(errors)} failed tickets; the first: {str(errors[0])[:500]}', file=sys.stderr)
-    return latencies, errors, time.monotonic() - began
+
+
+def drive(bases, workflow, seconds, concurrency):
+    """Keep `concurrency` clients, shared among the servers at `bases`, starting tickets and
+    waiting for each, for `seconds`. wrk does it where installed, at a small part of the CPU
+    a Python client takes, which would share the machine with what it measures; else the
+    Python client. Returns a greenlet whose value is the count of failed tickets."""
+    if shutil.which('wrk') is None:
+        return gevent.spawn(_drive_in_python, bases, workflow, seconds, concurrency)
+    drivers = [(spawn(['wrk', '-t1', f'-c{max(1, concurrency // len(bases))}', f'-d{seconds}s',
+                       '--timeout', '90s', '-s', str(ROOT / 'bench' / 'fan7.lua'), base, '--',
+                       f'/api/workflow/{workflow}/start', str(STEPS_PER_TICKET)], f'wrk-{i}'),
+                 WORK / f'wrk-{i}.log') for i, base in enumerate(bases)]
+    return gevent.spawn(_failed_in_wrk, drivers)
+
+
+def _failed_in_wrk(drivers):
+    """The failed tickets and socket errors that the wrk processes report, once all ended."""
+    failed = 0
+    for process, log in drivers:
+        process.wait()
+        output = log.read_text()
+        counts = re.search(r'tickets done (\d+) failed (\d+)', output)
+        if process.returncode or counts is None:
+            raise SystemExit(f'wrk failed: {output}')
+        socket_errors = re.search(r'Socket errors: (.*)', output)
+        failed += int(counts.group(2)) + sum(
+            int(n) for n in re.findall(r'\d+', socket_errors.group(1) if socket_errors else ''))
+    return failed
+
+
+def _drive_in_python(bases, workflow, seconds, concurrency):
+    deadline = time.monotonic() + seconds
+    errors = []
+
+    def client(c):
+        for i in itertools.count():
+            if time.monotonic() >= deadline:
+                return
+            _run_ticket(bases[c % len(bases)], workflow, f'c{c}-{i}', 60, [], errors)
+
+    gevent.pool.Pool(concurrency).map(client, range(concurrency))
+    _tell(errors)
+    return len(errors)
+
+
+def tickets_ended(redis_url):
+    """How many tickets have ended so far on the Redis at redis_url, in every process: each
+    ending is one PUBLISH on the namespace's endings channel, and nothing else publishes."""
+    stats = redis.Redis.from_url(redis_url).info('commandstats')
+    return stats.get('cmdstat_publish', {}).get('calls', 0)
 
 
 def percentile(values, p):
