@@ -8,6 +8,7 @@ monkey.patch_all()
 import atexit  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
@@ -222,7 +223,7 @@ def drive(bases, workflow, seconds, concurrency):
     Python client. Returns a greenlet whose value is the count of failed tickets."""
     if shutil.which('wrk') is None:
         return gevent.spawn(_drive_in_python, bases, workflow, seconds, concurrency)
-    drivers = [(spawn(['wrk', '-t1', f'-c{max(1, concurrency // len(bases))}', f'-d{seconds}s',
+    drivers = [(spawn(['wrk', '-t1', f'-c{max(1, concurrency // len(bases))}', f'-d{math.ceil(seconds)}s',
                        '--timeout', '90s', '-s', str(ROOT / 'bench' / 'fan7.lua'), base, '--',
                        f'/api/workflow/{workflow}/start', str(STEPS_PER_TICKET)], f'wrk-{i}'),
                  WORK / f'wrk-{i}.log') for i, base in enumerate(bases)]
