@@ -2,6 +2,7 @@
 request handler that does less per request than pywsgi's own."""
 import email.parser
 import http.client
+import json
 import re
 import socket
 
@@ -28,7 +29,32 @@ def make_server(listener, app, error_log):
     return WSGIServer(listener, app, handler_class=Handler, error_log=error_log)
 
 
+def _error_answer(status, message):
+    """A whole HTTP answer with the API's JSON error body, which closes the connection."""
+    body = json.dumps({'error': message}).encode()
+    return (f'HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: application/json\r\n'
+            f'Content-Length: {len(body)}\r\n\r\n').encode() + body
+
+
+# In place of pywsgi's own empty answers to a request it cannot read, by status.
+_UNREADABLE = {
+    '400': _error_answer('400 Bad Request', 'the request line or its headers are malformed'),
+    '414': _error_answer('414 Request-URI Too Long', 'the request line is too long'),
+}
+
+
 class Handler(WSGIHandler):
+    def handle_one_request(self):
+        """What pywsgi answers to a request it cannot read (and logs), but as JSON, as
+        every other answer of the API is."""
+        result = super().handle_one_request()
+        if isinstance(result, tuple):
+            status, answer = result
+            if status == '414':  # the one refusal pywsgi does not log
+                self.log_error('(from %s) the request line is too long', self.client_address)
+            return status, _UNREADABLE.get(status, answer)
+        return result
+
     def log_request(self):
         """No access log: pywsgi formats each line even when it has nowhere to write it,
         and Cameron logs what it does with each ticket itself."""

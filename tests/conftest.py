@@ -7,6 +7,7 @@ monkey.patch_all()  # the test entry point patches first, as bin/cameron-server 
 import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
 import signal  # noqa: E402
@@ -289,7 +290,7 @@ class Cameron:
         self.dispatcher = parts.dispatcher
         self.redis = client
         self.ns = namespace
-        self.server = make_server(listen('127.0.0.1', 0), parts.app, error_log=None)
+        self.server = make_server(listen('127.0.0.1', 0), parts.app, logging.getLogger('cameron.http'))
         self.server.start()
         self.base = f'http://127.0.0.1:{self.server.server_port}'
         if heartbeat:

@@ -1,6 +1,7 @@
 """The API's request handler: headers read as pywsgi reads them, its limits kept."""
 import http.client
 import io
+import json
 import random
 import socket
 
@@ -8,6 +9,8 @@ import pytest
 from gevent.pywsgi import headers_factory
 
 from cameron.httpserver import MAX_HEADERS, MAX_LINE, read_headers
+
+from .conftest import keys_of
 
 
 def _read(read, block):
@@ -55,9 +58,14 @@ def cameron(make_cameron, step_service):
 
 def raw_request(cameron, request):
     """The status line of Cameron's answer to `request`, sent as it is."""
+    return raw_answer(cameron, request).split(b'\r\n', 1)[0]
+
+
+def raw_answer(cameron, request):
+    """Cameron's whole answer to `request`, sent as it is, on a connection it closes."""
     with socket.create_connection(('127.0.0.1', int(cameron.base.rsplit(':', 1)[1]))) as s:
         s.sendall(request)
-        return s.makefile('rb').readline()
+        return s.makefile('rb').read()
 
 
 @pytest.mark.parametrize('headers', [
@@ -67,6 +75,25 @@ def raw_request(cameron, request):
 def test_the_api_answers_400_to_headers_over_the_limits(cameron, headers):
     request = b'GET /api/health HTTP/1.1\r\nHost: x\r\n' + headers + b'\r\n'
     assert raw_request(cameron, request).startswith(b'HTTP/1.1 400')
+
+
+@pytest.mark.parametrize('request_head, status', [
+    (b'POST /api/workflow/bar/start HTTP/1.1\r\nContent-Length: ten\r\n', b'400'),
+    (b'POST /api/workflow/bar/start HTTP/1.1\r\nContent-Length: -1\r\n', b'400'),
+    (b'GET /api/health HTTP/1.1 extra\r\n', b'400'),
+    (b'GET /api/health HTTP/7.1\r\n', b'400'),
+    (b'GET /' + b'a' * 9000 + b' HTTP/1.1\r\n', b'414'),
+])
+def test_a_request_the_server_cannot_read_gets_a_json_error(cameron, request_head, status,
+                                                              redis_client, namespace, caplog):
+    answer = raw_answer(cameron, request_head + b'Host: x\r\n\r\n')
+    head, _, body = answer.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 ' + status)
+    assert b'Content-Type: application/json' in head and b'Connection: close' in head
+    assert json.loads(body)['error']
+    assert not [k for k in keys_of(redis_client, namespace) if ':ticket:' in k]
+    assert any(r.name == 'cameron.http' for r in caplog.records)
+
 
 
 def test_a_folded_header_reaches_the_api(cameron):
