@@ -22,7 +22,7 @@ function request()
 end
 
 function response(status, headers, body)
-  if status == 201 then
+  if status == 201 and headers['Location'] then
     table.insert(waiting, headers['Location'])
   elseif status == 200 and select(2, body:gsub('"current": "done"', '')) == steps + 1 then
     tickets_done = tickets_done + 1

@@ -216,18 +216,26 @@ def _tell(errors):
         print(f'{len(errors)} failed tickets; the first: {str(errors[0])[:500]}', file=sys.stderr)
 
 
-def drive(bases, workflow, seconds, concurrency):
+def drive(bases, workflow, seconds, concurrency, driver=None):
     """Keep `concurrency` clients, shared among the servers at `bases`, starting tickets and
-    waiting for each, for `seconds`. wrk does it where installed, at a small part of the CPU
-    a Python client takes, which would share the machine with what it measures; else the
-    Python client. Returns a greenlet whose value is the count of failed tickets."""
-    if shutil.which('wrk') is None:
+    waiting for each, for `seconds`. The driver is wrk (the default where installed), at a
+    small part of the CPU a Python client takes, which would share the machine with what it
+    measures; or 'python'. Returns a greenlet whose value is the count of failed tickets."""
+    if (driver or default_driver()) == 'python':
         return gevent.spawn(_drive_in_python, bases, workflow, seconds, concurrency)
-    drivers = [(spawn(['wrk', '-t1', f'-c{max(1, concurrency // len(bases))}', f'-d{math.ceil(seconds)}s',
-                       '--timeout', '90s', '-s', str(ROOT / 'bench' / 'fan7.lua'), base, '--',
-                       f'/api/workflow/{workflow}/start', str(STEPS_PER_TICKET)], f'wrk-{i}'),
-                 WORK / f'wrk-{i}.log') for i, base in enumerate(bases)]
+    script = ROOT / 'bench' / 'fan7.lua'
+    start = f'/api/workflow/{workflow}/start'
+    drivers = []
+    for i, base in enumerate(bases):
+        command = ['wrk', '-t1', f'-c{max(1, concurrency // len(bases))}',
+                   f'-d{math.ceil(seconds)}s', '--timeout', '90s', '-s', str(script), base,
+                   '--', start, str(STEPS_PER_TICKET)]
+        drivers.append((spawn(command, f'wrk-{i}'), WORK / f'wrk-{i}.log'))
     return gevent.spawn(_failed_in_wrk, drivers)
+
+
+def default_driver():
+    return 'wrk' if shutil.which('wrk') else 'python'
 
 
 def _failed_in_wrk(drivers):
@@ -246,6 +254,7 @@ def _failed_in_wrk(drivers):
 
 
 def _drive_in_python(bases, workflow, seconds, concurrency):
+    """Each client starts a ticket and waits for it, again and again, until the time is up."""
     deadline = time.monotonic() + seconds
     errors = []
 

@@ -7,7 +7,8 @@ pause, for --warmup seconds and then --seconds more, and only the tickets that e
 last --seconds count (each ending is one PUBLISH, read from Redis's command statistics).
 The load comes from wrk where it is installed: on two cores, the CPU a Python load driver
 takes is CPU the second process does not get.
-Usage: python bench/two_processes.py [--seconds 10] [--warmup 3] [--concurrency 500] [--runs 1]"""
+Usage: python bench/two_processes.py [--seconds 10] [--warmup 3] [--concurrency 500] [--runs 1]
+                                    [--driver wrk|python]"""
 import argparse
 import statistics
 import time
@@ -18,11 +19,11 @@ import fan7
 import harness
 
 
-def measure(redis_url, catalogue, processes, seconds, warmup, concurrency, run):
+def measure(redis_url, catalogue, processes, seconds, warmup, concurrency, driver, run):
     servers = [harness.start_cameron(redis_url, catalogue, '--namespace', f'run{run}',
                                      name=f'cameron{i}') for i in range(processes)]
     load = harness.drive([base for _, base in servers], 'fan7', warmup + seconds + 1,
-                         concurrency)
+                         concurrency, driver)
     gevent.sleep(warmup)
     began, ended, cpu = time.monotonic(), harness.tickets_ended(redis_url), \
         sum(harness.cpu_seconds(p.pid) for p, _ in servers)
@@ -46,23 +47,24 @@ def main():
     parser.add_argument('--warmup', type=float, default=3)
     parser.add_argument('--concurrency', type=int, default=500)
     parser.add_argument('--runs', type=int, default=1)
+    parser.add_argument('--driver', choices=('wrk', 'python'), default=harness.default_driver())
     args = parser.parse_args()
     redis_url, catalogue, step_server = fan7.prepare()
     runs = {1: [], 2: []}
     for i, processes in enumerate([1, 2, 2, 1] * args.runs):
         runs[processes].append(measure(redis_url, catalogue, processes, args.seconds,
-                                       args.warmup, args.concurrency, i))
+                                       args.warmup, args.concurrency, args.driver, i))
     one, two = (round(statistics.median(run['steps_per_s'] for run in runs[n]), 1)
                 for n in (1, 2))
     errors = sum(run['errors'] for n in (1, 2) for run in runs[n])
-    driver = 'wrk' if harness.shutil.which('wrk') else 'python'
     figures = {'one_steps_per_s': one, 'two_steps_per_s': two, 'ratio': round(two / one, 2),
-               'errors': errors, 'step_server': step_server, 'driver': driver,
+               'errors': errors, 'step_server': step_server, 'driver': args.driver,
                'one': runs[1], 'two': runs[2]}
     harness.report('two_processes', figures,
                    f"1 process {one} steps/s, 2 processes {two} steps/s (medians of "
                    f"{2 * args.runs} runs each): {two / one:.2f}x (goal >= 1.7 on 2 cores, which "
-                   f"the step server, Redis and the load driver ({driver}) share), {errors} errors")
+                   f"the step server, Redis and the load driver ({args.driver}) share), "
+                   f"{errors} errors")
     return 1 if errors else 0
 
 

@@ -1,7 +1,6 @@
 """The API's HTTP server: gevent.pywsgi, on a listener tuned for small requests, with a
 request handler that does less per request than pywsgi's own."""
 import email.parser
-import http.client
 import json
 import re
 import socket
@@ -13,7 +12,9 @@ MAX_LINE = 65536
 MAX_HEADERS = 100
 # A header line the email parser reads as plain `name: value`: a name of visible ASCII
 # without ':', and a value with no CR in it (which that parser takes for a line break).
-_PLAIN_HEADER = re.compile(r'([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n')
+# The spaces before the value are stripped apart: matched here, a long run of them would
+# be tried in every split between the two groups, in time quadratic in the line's length.
+_PLAIN_HEADER = re.compile(r'([!-9;-~]+):([^\r\n]*)\r?\n')
 
 
 def listen(host, port):
@@ -39,7 +40,7 @@ def _error_answer(status, message):
 # In place of pywsgi's own empty answers to a request it cannot read, by status.
 _UNREADABLE = {
     '400': _error_answer('400 Bad Request', 'the request line or its headers are malformed'),
-    '414': _error_answer('414 Request-URI Too Long', 'the request line is too long'),
+    '414': _error_answer('414 URI Too Long', 'the request line is too long'),
 }
 
 
@@ -60,7 +61,23 @@ class Handler(WSGIHandler):
         and Cameron logs what it does with each ticket itself."""
 
     def MessageClass(self, rfile, *_):
-        return read_headers(rfile)
+        headers = read_headers(rfile)
+        _refuse_double_framing(headers)
+        return headers
+
+
+def _refuse_double_framing(headers):
+    """A ValueError (a 400) for a body framed more than one way: two Content-Lengths, two
+    Transfer-Encodings, both, or a coding other than chunked. pywsgi would pick one way,
+    and a proxy in front of it may pick another and read a second request into the body
+    (request smuggling). No client of the API has a reason to send such a request."""
+    lengths = headers.get_all('Content-Length', [])
+    codings = headers.get_all('Transfer-Encoding', [])
+    if len(lengths) + len(codings) > 1:
+        raise ValueError('the body is framed more than one way (Content-Length, '
+                         'Transfer-Encoding)')
+    if codings and codings[0].strip().lower() != 'chunked':
+        raise ValueError(f'Transfer-Encoding {codings[0]!r} is not supported, only chunked')
 
 
 def read_headers(rfile):
@@ -76,7 +93,7 @@ def read_headers(rfile):
             return headers
         lines.append(line.decode('iso-8859-1'))
         if len(lines) > MAX_HEADERS:
-            raise http.client.HTTPException(f'got more than {MAX_HEADERS} headers')
+            raise ValueError(f'got more than {MAX_HEADERS} headers')  # 400, logged
         if line in (b'\r\n', b'\n', b''):
             break
     headers = OldMessage()
@@ -84,5 +101,6 @@ def read_headers(rfile):
         plain = _PLAIN_HEADER.fullmatch(line)
         if plain is None:
             return email.parser.Parser(_class=OldMessage).parsestr(''.join(lines))
-        headers.set_raw(*plain.groups())
+        name, value = plain.groups()
+        headers.set_raw(name, value.lstrip(' \t'))
     return headers

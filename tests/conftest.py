@@ -290,7 +290,8 @@ class Cameron:
         self.dispatcher = parts.dispatcher
         self.redis = client
         self.ns = namespace
-        self.server = make_server(listen('127.0.0.1', 0), parts.app, logging.getLogger('cameron.http'))
+        self.server = make_server(listen('127.0.0.1', 0), parts.app,
+                                  logging.getLogger('cameron.http'))
         self.server.start()
         self.base = f'http://127.0.0.1:{self.server.server_port}'
         if heartbeat:

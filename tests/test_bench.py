@@ -25,6 +25,8 @@ def needs_redis_server():
     ('start_api.py', ['--seconds', '1', '--connections', '5', '--rounds', '1']),
     ('inflight.py', ['--tickets', '50', '--delay', '0.05', '--outgoing', '100']),
     ('two_processes.py', ['--seconds', '1', '--warmup', '0.5', '--concurrency', '10']),
+    ('two_processes.py', ['--seconds', '1', '--warmup', '0.5', '--concurrency', '10',
+                          '--driver', 'python']),
 ])
 def test_bench_runs(script, args):
     result = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT,
