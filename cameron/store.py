@@ -425,11 +425,13 @@ class Store:
     @_unavailable_on_redis_errors
     def finish_ticket(self, workflow, ticket, process, state):
         """Record the final state, start the expiry clock and release the ticket from the
-        processing list, in one transaction: a ticket is never released unrecorded."""
+        processing list, in one transaction: a ticket is never released unrecorded. The
+        LREM looks from the tail, where the tickets taken longest ago are: from the head, it
+        passed every ticket taken since, thousands with thousands in flight."""
         key = ticket_key(self.ns, workflow, ticket)
         self._write(self._finishes, key, self._status(state), then=[
             ('EXPIRE', key, self.ticket_ttl),
-            ('LREM', processing_key(self.ns, workflow, process), 1, ticket),
+            ('LREM', processing_key(self.ns, workflow, process), -1, ticket),
             ('PUBLISH', endings_channel(self.ns), ticket)])
 
     @_unavailable_on_redis_errors
