@@ -21,10 +21,19 @@ function request()
                     '{"key": "w' .. started .. '"}')
 end
 
+local function count(text, word)
+  local found, at = 0, 1
+  while true do
+    at = string.find(text, word, at, true)
+    if not at then return found end
+    found, at = found + 1, at + #word
+  end
+end
+
 function response(status, headers, body)
   if status == 201 and headers['Location'] then
     table.insert(waiting, headers['Location'])
-  elseif status == 200 and select(2, body:gsub('"current": "done"', '')) == steps + 1 then
+  elseif status == 200 and count(body, '"current": "done"') == steps + 1 then
     tickets_done = tickets_done + 1
   else
     tickets_failed = tickets_failed + 1
