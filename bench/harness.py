@@ -44,8 +44,28 @@ def spawn(command, name, **kwargs):
     """A process whose output goes to WORK/name.log, stopped (by PID) at exit."""
     log = open(WORK / f'{name}.log', 'w')
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+    process.part = name.split('-')[0]  # what it is: redis, nginx, wrk, cameron0...
     _started.append(process)
     return process
+
+
+def cpu_of_parts():
+    """{part: CPU seconds used so far} of the processes this script started and that still
+    run, each with its children (nginx's worker)."""
+    parts = {}
+    for process in _started:
+        if process.poll() is None:
+            pids = [process.pid, *_children(process.pid)]
+            parts[process.part] = parts.get(process.part, 0) + sum(map(cpu_seconds, pids))
+    return parts
+
+
+def _children(pid):
+    try:
+        return [int(child) for child in
+                pathlib.Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]
+    except OSError:  # gone, or a kernel without the file
+        return []
 
 
 @atexit.register

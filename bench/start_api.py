@@ -1,7 +1,8 @@
 """Start API throughput: sustained POST /api/workflow/{name}/start requests per second of
 one Cameron process (API only, --no-dispatch, on a real Redis), against a bare
 gevent.pywsgi server measured the same way in the same run; prints both and their ratio,
-and the ratio of a bottle route that only parses the body (the framework's own ceiling).
+and the ratio of a bottle route that only parses the body (what bottle costs, on pywsgi's
+own request handler).
 The three are measured in turn, --rounds times, each time with fresh processes, and the
 median of each round's ratio is reported: the machine's speed drifts between runs.
 Usage: python bench/start_api.py [--seconds 10] [--connections 50] [--rounds 3]"""

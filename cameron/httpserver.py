@@ -93,7 +93,7 @@ def read_headers(rfile):
             return headers
         lines.append(line.decode('iso-8859-1'))
         if len(lines) > MAX_HEADERS:
-            raise ValueError(f'got more than {MAX_HEADERS} headers')  # 400, logged
+            raise ValueError(f'more than {MAX_HEADERS - 1} headers')  # a 400, logged
         if line in (b'\r\n', b'\n', b''):
             break
     headers = OldMessage()
