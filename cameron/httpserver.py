@@ -2,10 +2,13 @@
 request handler that does less per request than pywsgi's own."""
 import email.parser
 import json
+import logging
 import re
 import socket
 
 from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer
+
+log = logging.getLogger(__name__)
 
 # The limits http.client, and so pywsgi, puts on a request's header lines.
 MAX_LINE = 65536
@@ -27,6 +30,8 @@ def listen(host, port):
 
 
 def make_server(listener, app, error_log):
+    """The server of app on listener; error_log is where pywsgi writes what the app writes
+    to wsgi.errors."""
     return WSGIServer(listener, app, handler_class=Handler, error_log=error_log)
 
 
@@ -55,6 +60,11 @@ class Handler(WSGIHandler):
                 self.log_error('(from %s) the request line is too long', self.client_address)
             return status, _UNREADABLE.get(status, answer)
         return result
+
+    def log_error(self, message, *args):
+        """pywsgi's note of a request it could not read: the client's error, logged as the
+        API logs its other 4xx answers, not as an ERROR beside the socket's repr."""
+        log.info(message, *args)
 
     def log_request(self):
         """No access log: pywsgi formats each line even when it has nowhere to write it,

@@ -2,6 +2,7 @@
 import http.client
 import io
 import json
+import logging
 import random
 import socket
 import time
@@ -105,13 +106,14 @@ def test_the_api_answers_400_to_headers_over_the_limits(cameron, headers):
 ])
 def test_a_request_the_server_cannot_read_gets_a_json_error(cameron, request_head, status,
                                                               redis_client, namespace, caplog):
+    caplog.set_level(logging.INFO, 'cameron.httpserver')
     answer = raw_answer(cameron, request_head + b'Host: x\r\n\r\n{"key": "k1"}')
     head, _, body = answer.partition(b'\r\n\r\n')
     assert head.startswith(b'HTTP/1.1 ' + status)
     assert b'Content-Type: application/json' in head and b'Connection: close' in head
     assert json.loads(body)['error']
     assert not [k for k in keys_of(redis_client, namespace) if ':ticket:' in k]
-    assert any(r.name == 'cameron.http' for r in caplog.records)
+    assert any(r.name == 'cameron.httpserver' for r in caplog.records)
 
 
 def test_a_chunked_start_is_read(cameron):
