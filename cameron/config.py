@@ -49,6 +49,8 @@ class Config:
     max_running_tickets: int = _setting(10_000, 'tickets run at once; the rest wait in Redis')
     max_outgoing_requests: int = _setting(1000, 'step calls in flight at once')
     redis_connections: int = _setting(200, 'most connections to Redis at once')
+    max_connections: int = _setting(5000, 'API connections served at once; more wait in the '
+                                          'listen backlog until one closes')
     poll_interval: float = _setting(1.0, 'seconds between looks at the queues when idle, '
                                          'for tickets started through other processes')
     max_fanout: int = _setting(100, 'most next steps one step answer may name')
@@ -185,7 +187,7 @@ def _check(config, sources):
         fail('log_level', f'must be one of {", ".join(LOG_LEVELS)}')
     for name in ('max_request_bytes', 'max_response_bytes', 'step_timeout', 'max_steps',
                  'max_running_tickets', 'max_outgoing_requests', 'redis_connections',
-                 'poll_interval', 'max_fanout', 'ticket_ttl', 'heartbeat_ttl', 'body_timeout'):
+                 'max_connections', 'poll_interval', 'max_fanout', 'ticket_ttl', 'heartbeat_ttl', 'body_timeout'):
         if not 0 < getattr(config, name) < math.inf:  # NaN fails too
             fail(name, 'must be above 0 and finite')
     if config.redis_connections < MIN_REDIS_CONNECTIONS:

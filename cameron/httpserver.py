@@ -6,6 +6,7 @@ import logging
 import re
 import socket
 
+import gevent.pool
 from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,12 @@ def listen(host, port):
     return listener
 
 
-def make_server(listener, app, error_log):
-    """The server of app on listener; error_log is where pywsgi writes what the app writes
-    to wsgi.errors."""
-    return WSGIServer(listener, app, handler_class=Handler, error_log=error_log)
+def make_server(listener, app, error_log, max_connections):
+    """The server of app on listener, serving at most max_connections connections at once:
+    with that many open, it accepts no more until one closes, and the rest wait in the
+    listen backlog. error_log is where pywsgi writes what the app writes to wsgi.errors."""
+    return WSGIServer(listener, app, handler_class=Handler, error_log=error_log,
+                      spawn=gevent.pool.Pool(max_connections))
 
 
 def _error_answer(status, message):

@@ -90,8 +90,8 @@ def raise_open_file_limit(wanted):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         log.info('open-file limit raised from %d to %d', soft, hard)
     if hard < wanted:
-        log.warning('open-file limit %d is below the %d that max_outgoing_requests and '
-                    'redis_connections may need', hard, wanted)
+        log.warning('open-file limit %d is below the %d that max_outgoing_requests, '
+                    'redis_connections and max_connections may need', hard, wanted)
 
 
 def serve(config, catalogue, client):
@@ -103,9 +103,11 @@ def serve(config, catalogue, client):
         log.error('cannot listen on %s:%s: %s', config.host, config.port, e.strerror)
         return 1
     port = listener.getsockname()[1]
-    raise_open_file_limit(config.max_outgoing_requests + config.redis_connections + 1024)
+    raise_open_file_limit(config.max_outgoing_requests + config.redis_connections
+                          + config.max_connections + 64)
     parts = assemble(config, catalogue, client, config.process_id or f'{socket.gethostname()}:{port}')
-    server = make_server(listener, parts.app, logging.getLogger('cameron.http'))
+    server = make_server(listener, parts.app, logging.getLogger('cameron.http'),
+                         config.max_connections)
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)

@@ -284,14 +284,15 @@ def _answers(port):
 class Cameron:
     """Cameron assembled as bin/cameron-server assembles it, its API on a free port."""
 
-    def __init__(self, parts, client, namespace, heartbeat=True):
+    def __init__(self, parts, client, namespace, heartbeat=True,
+                 max_connections=Config.max_connections):
         self.parts = parts
         self.heartbeat = heartbeat  # heartbeats and endings; off for a Redis that is not there
         self.dispatcher = parts.dispatcher
         self.redis = client
         self.ns = namespace
         self.server = make_server(listen('127.0.0.1', 0), parts.app,
-                                  logging.getLogger('cameron.http'))
+                                  logging.getLogger('cameron.http'), max_connections)
         self.server.start()
         self.base = f'http://127.0.0.1:{self.server.server_port}'
         if heartbeat:
@@ -334,7 +335,8 @@ def make_cameron(redis_client, namespace):
         defaults = {'step_timeout': config.step_timeout, 'retries': config.retries,
                     'max_steps': config.max_steps}
         catalogue = parse_catalogue(yaml.safe_dump({'workflows': workflows}), 'test', defaults)
-        cameron = Cameron(assemble(config, catalogue, redis_client), redis_client, namespace)
+        cameron = Cameron(assemble(config, catalogue, redis_client), redis_client, namespace,
+                          max_connections=config.max_connections)
         started.append(cameron)
         return cameron
 

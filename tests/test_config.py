@@ -173,6 +173,7 @@ ERRORS = [
     ('step_timeout: 0\n', {}, [], 'FILE', 'step_timeout must be above 0'),
     ('', {}, ['--redis-connections', '4'], '--redis-connections',
      'redis_connections must be at least 8'),
+    ('', {}, ['--max-connections', '0'], '--max-connections', 'max_connections must be above 0'),
 ]
 
 

@@ -132,3 +132,23 @@ def test_a_folded_header_reaches_the_api(cameron):
     assert raw_request(cameron, request).startswith(b'HTTP/1.1 200')
     again = cameron.start('bar', headers={'Idempotency-Key': 'order\r\n 77'.replace('\r\n', '')})
     assert again.status_code == 201  # the folded key is not the unfolded one
+
+
+def test_connections_past_max_connections_wait_until_one_closes(make_cameron, step_service):
+    cameron = make_cameron({'bar': {'start_point_url': step_service.url('/start/{key}')}},
+                           max_connections=2)
+    port = int(cameron.base.rsplit(':', 1)[1])
+    health = b'GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n'
+    held = [socket.create_connection(('127.0.0.1', port), timeout=5) for _ in range(2)]
+    for connection in held:  # served, and kept open
+        connection.sendall(health)
+        assert connection.recv(100).startswith(b'HTTP/1.1 200')
+    waiting = socket.create_connection(('127.0.0.1', port), timeout=0.5)  # in the backlog
+    waiting.sendall(health)
+    with pytest.raises(socket.timeout):
+        waiting.recv(100)
+    held.pop().close()
+    waiting.settimeout(5)
+    assert waiting.recv(100).startswith(b'HTTP/1.1 200')
+    for connection in [*held, waiting]:
+        connection.close()
