@@ -5,12 +5,16 @@ import json
 import logging
 import re
 import socket
+import time
 
 import gevent.pool
 from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer
 
 log = logging.getLogger(__name__)
 
+# Seconds a kept-alive connection may wait for its next request (nginx's default): with at
+# most max_connections served, idle clients must not hold the places for ever.
+IDLE_TIMEOUT = 75.0
 # The limits http.client, and so pywsgi, puts on a request's header lines.
 MAX_LINE = 65536
 MAX_HEADERS = 100
@@ -30,12 +34,45 @@ def listen(host, port):
     return listener
 
 
-def make_server(listener, app, error_log, max_connections):
+def make_server(listener, app, error_log, max_connections, idle_timeout=IDLE_TIMEOUT):
     """The server of app on listener, serving at most max_connections connections at once:
     with that many open, it accepts no more until one closes, and the rest wait in the
     listen backlog. error_log is where pywsgi writes what the app writes to wsgi.errors."""
-    return WSGIServer(listener, app, handler_class=Handler, error_log=error_log,
-                      spawn=gevent.pool.Pool(max_connections))
+    return Server(listener, app, handler_class=Handler, error_log=error_log,
+                  spawn=gevent.pool.Pool(max_connections), idle_timeout=idle_timeout)
+
+
+class Server(WSGIServer):
+    """pywsgi's server, which also closes a connection that has waited idle_timeout seconds
+    for its next request, looking for them a few times in each idle_timeout. A sweep rather
+    than a socket timeout, which costs a timer at every wait of every read (in one
+    alternating comparison, a sixth of the start API's throughput)."""
+
+    def __init__(self, *args, idle_timeout, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.idle_timeout = idle_timeout
+        self.waiting = {}  # handler -> when it began to wait for its next request
+        self._sweeper = None
+
+    def start(self):
+        super().start()
+        self._sweeper = gevent.spawn(self._sweep)
+
+    def stop(self, timeout=None):
+        if self._sweeper is not None:
+            self._sweeper.kill()
+        super().stop(timeout)
+
+    def _sweep(self):
+        while True:
+            gevent.sleep(self.idle_timeout / 4)
+            too_long = time.monotonic() - self.idle_timeout
+            for handler, since in list(self.waiting.items()):
+                if since < too_long and handler.socket is not None:
+                    try:
+                        handler.socket.shutdown(socket.SHUT_RDWR)  # its read ends; it closes
+                    except OSError:  # closed by the client meanwhile
+                        pass
 
 
 def _error_answer(status, message):
@@ -53,6 +90,13 @@ _UNREADABLE = {
 
 
 class Handler(WSGIHandler):
+    def read_requestline(self):
+        self.server.waiting[self] = time.monotonic()
+        try:
+            return super().read_requestline()
+        finally:
+            del self.server.waiting[self]
+
     def handle_one_request(self):
         """What pywsgi answers to a request it cannot read (and logs), but as JSON, as
         every other answer of the API is."""

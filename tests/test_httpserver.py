@@ -10,7 +10,7 @@ import time
 import pytest
 from gevent.pywsgi import headers_factory
 
-from cameron.httpserver import MAX_HEADERS, MAX_LINE, read_headers
+from cameron.httpserver import MAX_HEADERS, MAX_LINE, listen, make_server, read_headers
 
 from .conftest import keys_of
 
@@ -152,3 +152,24 @@ def test_connections_past_max_connections_wait_until_one_closes(make_cameron, st
     assert waiting.recv(100).startswith(b'HTTP/1.1 200')
     for connection in [*held, waiting]:
         connection.close()
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout():
+    def app(environ, start_response):
+        start_response('200 OK', [('Content-Length', '2')])
+        return [b'ok']
+
+    server = make_server(listen('127.0.0.1', 0), app, None, max_connections=10,
+                         idle_timeout=0.3)
+    server.start()
+    try:
+        with socket.create_connection(('127.0.0.1', server.server_port), timeout=5) as s:
+            s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+            assert s.recv(100).startswith(b'HTTP/1.1 200')
+            s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')  # kept alive: served again
+            assert s.recv(100).startswith(b'HTTP/1.1 200')
+            began = time.monotonic()
+            assert s.recv(100) == b''  # closed by the server, once idle for 0.3 s
+            assert 0.2 < time.monotonic() - began < 3
+    finally:
+        server.stop()
