@@ -8,7 +8,7 @@ import socket
 import time
 
 import gevent.pool
-from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer
+from gevent.pywsgi import OldMessage, WSGIHandler, WSGIServer, _InvalidClientInput
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def make_server(listener, app, error_log, max_connections, idle_timeout=IDLE_TIM
 
 class Server(WSGIServer):
     """pywsgi's server, which also closes a connection that has waited idle_timeout seconds
-    for its next request, looking for them a few times in each idle_timeout. A sweep rather
+    for its next request, or for the rest of its request line and headers, looking for them
+    a few times in each idle_timeout. A sweep rather
     than a socket timeout, which costs a timer at every wait of every read (in one
     alternating comparison, a sixth of the start API's throughput)."""
 
@@ -91,16 +92,30 @@ _UNREADABLE = {
 
 class Handler(WSGIHandler):
     def read_requestline(self):
+        # Waiting for a request: swept if its line and headers take too long to come.
         self.server.waiting[self] = time.monotonic()
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline):
         try:
-            return super().read_requestline()
+            return super().read_request(raw_requestline)
         finally:
-            del self.server.waiting[self]
+            self.server.waiting.pop(self, None)  # its head is in: the app's time is its own
+
+    def _handle_client_error(self, error):
+        """A connection shut (by the sweep) or reset while its head was read ends quietly:
+        there is no one to answer. A malformed request is answered and logged."""
+        if isinstance(error, OSError) and not isinstance(error, _InvalidClientInput):
+            return None
+        return super()._handle_client_error(error)
 
     def handle_one_request(self):
         """What pywsgi answers to a request it cannot read (and logs), but as JSON, as
         every other answer of the API is."""
-        result = super().handle_one_request()
+        try:
+            result = super().handle_one_request()
+        finally:
+            self.server.waiting.pop(self, None)  # no request, or a request line too long
         if isinstance(result, tuple):
             status, answer = result
             if status == '414':  # the one refusal pywsgi does not log

@@ -124,14 +124,16 @@ def serve(config, catalogue, client):
     log.info('cameron %s listening on http://%s:%d (process %s, namespace %s, %d workflows)',
              __version__, config.host, port, parts.process, config.namespace, len(catalogue))
     stop.wait()
-    log.info('stopping: no new requests; running tickets get %ss to finish', config.drain_timeout)
-    server.stop(timeout=1)
+    log.info('stopping: no new connections; running tickets get %ss to finish',
+             config.drain_timeout)
+    server.close()  # requests in flight, a ?wait on a draining ticket among them, go on
     if config.dispatch:
         parts.dispatcher.stop(config.drain_timeout)
         try:
             parts.liveness.stop()
         except StoreUnavailable as e:
             log.warning('could not leave the process registry: %s', e)
+    server.stop(timeout=1)
     parts.endings.stop()
     parts.steps.close()
     log.info('stopped')

@@ -7,6 +7,7 @@ import random
 import socket
 import time
 
+import gevent
 import pytest
 from gevent.pywsgi import headers_factory
 
@@ -173,3 +174,25 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout():
             assert 0.2 < time.monotonic() - began < 3
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize('head', [b'', b'GET / HT', b'GET / HTTP/1.1\r\nHost: x\r\n'])
+def test_a_stalled_request_head_is_closed_quietly_after_the_idle_timeout(head, capfd):
+    def app(environ, start_response):
+        gevent.sleep(0.6)  # longer than the idle timeout: an app's time is its own
+        start_response('200 OK', [('Content-Length', '2')])
+        return [b'ok']
+
+    server = make_server(listen('127.0.0.1', 0), app, None, max_connections=10,
+                         idle_timeout=0.2)
+    server.start()
+    try:
+        with socket.create_connection(('127.0.0.1', server.server_port), timeout=5) as s:
+            s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+            assert s.recv(100).startswith(b'HTTP/1.1 200')  # a slow app is not swept
+            s.sendall(head)
+            assert s.recv(100) == b''  # closed, with no answer
+        assert not server.waiting
+    finally:
+        server.stop()
+    assert 'Traceback' not in capfd.readouterr().err

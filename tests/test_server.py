@@ -1,14 +1,16 @@
 """bin/cameron-server as a user runs it: a real process, its flags, its start-up checks,
 the demo workflow, and SIGTERM."""
+import signal
 import subprocess
 import sys
 import uuid
 
+import gevent
 import pytest
 
 from cameron.config import FIELDS, flag_name
 
-from .conftest import REDIS_URL, ROOT, SERVER, free_port, real_redis
+from .conftest import REDIS_URL, ROOT, SERVER, Reply, free_port, real_redis
 
 
 def run(*args, timeout=20):
@@ -104,3 +106,15 @@ def test_demo_on_real_redis_is_recorded_there(demo_server):
     finally:
         for key in client.scan_iter(f'{namespace}:*'):
             client.delete(key)
+
+
+def test_a_wait_in_flight_at_sigterm_gets_the_ticket_it_waits_for(servers, step_service):
+    # The drain lets running tickets finish: a client waiting for one gets it, not a 500.
+    step_service.routes['/start/k1'] = Reply(body={}, delay=2)
+    server = servers({'slow': {'start_point_url': step_service.url('/start/{key}')}})
+    ticket = server.start('slow', 'k1')
+    waiting = gevent.spawn(server.record, 'slow', ticket, 15)
+    gevent.sleep(0.5)
+    server.process.send_signal(signal.SIGTERM)
+    assert waiting.get(timeout=20)['status']['current'] == 'done'
+    assert server.process.wait(timeout=30) == 0
