@@ -187,7 +187,8 @@ def _check(config, sources):
         fail('log_level', f'must be one of {", ".join(LOG_LEVELS)}')
     for name in ('max_request_bytes', 'max_response_bytes', 'step_timeout', 'max_steps',
                  'max_running_tickets', 'max_outgoing_requests', 'redis_connections',
-                 'max_connections', 'poll_interval', 'max_fanout', 'ticket_ttl', 'heartbeat_ttl', 'body_timeout'):
+                 'max_connections', 'poll_interval', 'max_fanout', 'ticket_ttl',
+                 'heartbeat_ttl', 'body_timeout'):
         if not 0 < getattr(config, name) < math.inf:  # NaN fails too
             fail(name, 'must be above 0 and finite')
     if config.redis_connections < MIN_REDIS_CONNECTIONS:

@@ -45,14 +45,14 @@ def make_server(listener, app, error_log, max_connections, idle_timeout=IDLE_TIM
 class Server(WSGIServer):
     """pywsgi's server, which also closes a connection that has waited idle_timeout seconds
     for its next request, or for the rest of its request line and headers, looking for them
-    a few times in each idle_timeout. A sweep rather
-    than a socket timeout, which costs a timer at every wait of every read (in one
-    alternating comparison, a sixth of the start API's throughput)."""
+    a few times in each idle_timeout. A sweep rather than a socket timeout, which costs a
+    timer at every wait of every read (in one alternating comparison, a sixth of the start
+    API's throughput)."""
 
     def __init__(self, *args, idle_timeout, **kwargs):
         super().__init__(*args, **kwargs)
         self.idle_timeout = idle_timeout
-        self.waiting = {}  # handler -> when it began to wait for its next request
+        self.waiting = {}  # handler -> since when it waits for a request's line and headers
         self._sweeper = None
 
     def start(self):

@@ -1,4 +1,5 @@
 """The API's request handler: headers read as pywsgi reads them, its limits kept."""
+import contextlib
 import http.client
 import io
 import json
@@ -155,44 +156,43 @@ def test_connections_past_max_connections_wait_until_one_closes(make_cameron, st
         connection.close()
 
 
-def test_an_idle_connection_is_closed_after_the_idle_timeout():
+@contextlib.contextmanager
+def serving(idle_timeout, app_delay=0.0):
+    """A server of an app that answers "ok" after app_delay seconds, with idle_timeout."""
     def app(environ, start_response):
+        gevent.sleep(app_delay)
         start_response('200 OK', [('Content-Length', '2')])
         return [b'ok']
 
     server = make_server(listen('127.0.0.1', 0), app, None, max_connections=10,
-                         idle_timeout=0.3)
+                         idle_timeout=idle_timeout)
     server.start()
     try:
-        with socket.create_connection(('127.0.0.1', server.server_port), timeout=5) as s:
-            s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
-            assert s.recv(100).startswith(b'HTTP/1.1 200')
-            s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')  # kept alive: served again
-            assert s.recv(100).startswith(b'HTTP/1.1 200')
-            began = time.monotonic()
-            assert s.recv(100) == b''  # closed by the server, once idle for 0.3 s
-            assert 0.2 < time.monotonic() - began < 3
+        yield server
     finally:
         server.stop()
 
 
+def test_an_idle_connection_is_closed_after_the_idle_timeout():
+    with serving(idle_timeout=0.3) as server, \
+            socket.create_connection(('127.0.0.1', server.server_port), timeout=5) as s:
+        s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+        assert s.recv(100).startswith(b'HTTP/1.1 200')
+        s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')  # kept alive: served again
+        assert s.recv(100).startswith(b'HTTP/1.1 200')
+        began = time.monotonic()
+        assert s.recv(100) == b''  # closed by the server, once idle for 0.3 s
+        assert 0.2 < time.monotonic() - began < 3
+
+
 @pytest.mark.parametrize('head', [b'', b'GET / HT', b'GET / HTTP/1.1\r\nHost: x\r\n'])
 def test_a_stalled_request_head_is_closed_quietly_after_the_idle_timeout(head, capfd):
-    def app(environ, start_response):
-        gevent.sleep(0.6)  # longer than the idle timeout: an app's time is its own
-        start_response('200 OK', [('Content-Length', '2')])
-        return [b'ok']
-
-    server = make_server(listen('127.0.0.1', 0), app, None, max_connections=10,
-                         idle_timeout=0.2)
-    server.start()
-    try:
+    # The app takes longer than the idle timeout: an app's time is its own.
+    with serving(idle_timeout=0.2, app_delay=0.6) as server:
         with socket.create_connection(('127.0.0.1', server.server_port), timeout=5) as s:
             s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
             assert s.recv(100).startswith(b'HTTP/1.1 200')  # a slow app is not swept
             s.sendall(head)
             assert s.recv(100) == b''  # closed, with no answer
         assert not server.waiting
-    finally:
-        server.stop()
     assert 'Traceback' not in capfd.readouterr().err
