@@ -145,11 +145,18 @@ def _read_json_body(limit, timeout):
 
 
 def _idempotency_key():
-    key = bottle.request.get_header('Idempotency-Key')
+    key = _header('Idempotency-Key')
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
         raise bottle.HTTPError(
             400, f'Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters')
     return key
+
+
+def _header(name, default=None):
+    """A request header, read as bottle.request.get_header reads it. That one keeps its
+    view of the headers in the environ, which the view refers to: a reference cycle with
+    each request, which only the garbage collector frees, and which kept it busy."""
+    return bottle.WSGIHeaderDict(bottle.request.environ).get(name, default)
 
 
 def _wait_seconds(value):
@@ -165,18 +172,23 @@ def _wait_seconds(value):
 
 
 def _json_errors(callback):
-    """Route plugin: Redis gone is a 503; anything unexpected a 500 without detail."""
+    """Route plugin: Redis gone is a 503; anything unexpected a 500 without detail. Every
+    answer goes back to bottle as a value: bottle's JSON plugin keeps one raised through it
+    in a local of a frame that the answer's traceback holds, a reference cycle with each
+    error answer, which only the garbage collector frees."""
     @functools.wraps(callback)
     def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
-        except bottle.HTTPResponse:
-            raise
-        except StoreUnavailable as e:
-            raise bottle.HTTPError(503, 'the store is unavailable, try again shortly') from e
-        except Exception as e:
+        except bottle.HTTPResponse as e:
+            answer = e
+        except StoreUnavailable:
+            answer = bottle.HTTPError(503, 'the store is unavailable, try again shortly')
+        except Exception:
             log.exception('%s %s: unexpected error', bottle.request.method, bottle.request.path)
-            raise bottle.HTTPError(500, 'internal error') from e
+            answer = bottle.HTTPError(500, 'internal error')
+        answer.__traceback__ = None  # it holds this frame, which holds it
+        return answer
     return wrapper
 
 
@@ -188,7 +200,7 @@ def _bearer_token_required(tokens):
         @functools.wraps(callback)
         def wrapper(*args, **kwargs):
             if bottle.request.path != '/api/health':
-                scheme, _, given = bottle.request.get_header('Authorization', '').partition(' ')
+                scheme, _, given = _header('Authorization', '').partition(' ')
                 # compare_digest with every token: the time taken tells nothing of them.
                 matches = [hmac.compare_digest(given.strip().encode(), t) for t in expected]
                 if scheme.lower() != 'bearer' or not any(matches):

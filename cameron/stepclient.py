@@ -80,6 +80,9 @@ class StepClient:
             except gevent.Timeout as e:
                 if e is not deadline:
                     raise
+                # Its traceback holds this frame, which holds it: a cycle with every frame of
+                # the call in it, left for the garbage collector.
+                e.__traceback__ = None
                 return _failed('timeout', f'no answer within {timeout:.3g}s'), None
             except TooLarge as e:
                 return StepResult(e.status, b'', protocol.step_error(

@@ -6,6 +6,7 @@ monkey.patch_all()  # the test entry point patches first, as bin/cameron-server 
 
 import collections  # noqa: E402
 import dataclasses  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -236,6 +237,21 @@ def servers(tmp_path):
     for server in started:
         if server.process.poll() is None:
             server.kill()
+
+
+def garbage_left_by(action):
+    """The objects that action() left in reference cycles, which only the garbage collector
+    would have freed: with thousands of tickets in flight, each of its scans walks them all."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        action()
+        gevent.sleep(0.2)  # the server's greenlets finish with what they answered
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 def wait_until(predicate, timeout, what):

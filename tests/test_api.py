@@ -2,6 +2,7 @@
 import json
 import socket
 
+import bottle
 import pytest
 import redis
 import requests
@@ -12,7 +13,7 @@ from cameron.catalogue import parse_catalogue
 from cameron.config import Config
 from cameron.server import assemble
 
-from .conftest import Cameron, Reply, free_port, keys_of
+from .conftest import Cameron, Reply, free_port, garbage_left_by, keys_of
 
 STEP = {'name': 'start', 'data': {'ok': True}}
 
@@ -247,6 +248,25 @@ def test_with_a_valid_token_the_api_answers(guarded):
     for token in ('s3cret', 'other'):
         response = guarded.start('bar', headers={'Authorization': f'Bearer {token}'})
         assert response.status_code == 201
+
+
+def test_starts_and_error_answers_leave_no_reference_cycle(guarded):
+    """Each would leave the request's environ, body reader and answer for the garbage
+    collector, which then walks every ticket in flight more often."""
+    def requests_of_each_kind():
+        for i in range(3):
+            good = {'Authorization': 'Bearer s3cret', 'Idempotency-Key': f'i{i}'}
+            for path, body, headers, status in [
+                    ('/api/workflow/bar/start', {'key': f'k{i}'}, good, 201),
+                    ('/api/workflow/bar/start', {'key': f'k{i}'}, {}, 401),
+                    ('/api/workflow/nope/start', {'key': 'k'}, good, 404),
+                    ('/api/workflow/bar/start', {'key': ''}, good, 400)]:
+                response = post(guarded, path, body, headers=headers)
+                assert response.status_code == status, response.text
+
+    garbage = garbage_left_by(requests_of_each_kind)
+    assert not [o for o in garbage if isinstance(o, (bottle.HTTPResponse, bottle.WSGIHeaderDict))
+                or isinstance(o, dict) and 'wsgi.input' in o]
 
 
 def test_health_needs_no_token(guarded):

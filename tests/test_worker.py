@@ -2,9 +2,10 @@
 through the API and straight from Redis."""
 import json
 
+import gevent
 import pytest
 
-from .conftest import Reply, free_port
+from .conftest import Reply, free_port, garbage_left_by
 
 
 def steps_by_id(record):
@@ -189,6 +190,15 @@ def test_a_failed_step_is_recorded_and_its_siblings_go_on(make_cameron, svc, cas
     assert bad['duration_ms'] < 2000  # the trickle is cut at the step timeout
     assert [steps[i]['status']['current'] for i in ('1', '1-2', '1-2-1')] == ['done'] * 3
     assert set(steps) == {'1', '1-1', '1-2', '1-2-1'}
+
+
+def test_a_step_timeout_leaves_no_reference_cycle(make_cameron, svc):
+    svc.routes['/start/k1'] = Reply(body={}, delay=2)
+    cameron = make_cameron({'w': workflow(svc, step_timeout=0.2)})
+    records = []
+    garbage = garbage_left_by(lambda: records.extend(cameron.run('w') for _ in range(3)))
+    assert [steps_by_id(r)['1']['error']['type'] for r in records] == ['timeout'] * 3
+    assert not [o for o in garbage if isinstance(o, gevent.Timeout)]
 
 
 def test_refused_connection_is_a_connection_error(make_cameron, svc):
