@@ -47,7 +47,7 @@ def main():
     redis_url, catalogue, step_server = prepare()
     runs = [measure(redis_url, catalogue, args.processes, args.tickets, args.concurrency)
             for _ in range(args.runs)]
-    figures = {name: statistics.median(run[name] for run in runs)
+    figures = {name: round(statistics.median(run[name] for run in runs), 1)
                for name in ('steps_per_s', 'cpu_us_per_step', 'p50_ms', 'p99_ms')}
     figures.update(errors=sum(run['errors'] for run in runs), step_server=step_server,
                    runs=runs)

@@ -40,13 +40,30 @@ def free_port():
         return s.getsockname()[1]
 
 
-def spawn(command, name, **kwargs):
-    """A process whose output goes to WORK/name.log, stopped (by PID) at exit."""
+def spawn(command, name, helper=False, **kwargs):
+    """A process whose output goes to WORK/name.log, stopped (by PID) at exit. A helper
+    (Redis, a step server, a load driver) is started as run_helpers_in_batch() says."""
     log = open(WORK / f'{name}.log', 'w')
+    if helper:
+        command = [*_helper_prefix, *command]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
     process.part = name.split('-')[0]  # what it is: redis, nginx, wrk, cameron0...
     _started.append(process)
     return process
+
+
+_helper_prefix = []
+
+
+def run_helpers_in_batch():
+    """Start the helpers from now on under SCHED_BATCH (chrt --batch 0). Where they share
+    every core with the Cameron processes, the kernel otherwise runs a helper ahead of a
+    running Cameron process each time a request wakes it: one wake-up per request, and a
+    Cameron process interrupted for each. Under SCHED_BATCH a helper waits its turn and
+    then takes what came meanwhile, more as it would on a machine of its own."""
+    if shutil.which('chrt') is None:
+        raise SystemExit('chrt (util-linux) is needed to run the helpers in batch')
+    _helper_prefix[:] = ['chrt', '--batch', '0']
 
 
 def cpu_of_parts():
@@ -85,7 +102,7 @@ def wait_for_port(port, process, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f'process {process.args[0]} exited: see {WORK}')
+            raise SystemExit(f'{process.part} exited: see {WORK}')
         try:
             socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
             return
@@ -99,7 +116,7 @@ def start_redis():
         raise SystemExit('redis-server is needed (apt-get install redis-server)')
     port = free_port()
     process = spawn(['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '',
-                     '--appendonly', 'no'], f'redis-{port}')
+                     '--appendonly', 'no'], f'redis-{port}', helper=True)
     wait_for_port(port, process)
     return f'redis://127.0.0.1:{port}/0'
 
@@ -135,7 +152,7 @@ http {{
   }}
 }}
 ''')
-    process = spawn([nginx, '-p', str(WORK), '-c', str(conf)], 'nginx')
+    process = spawn([nginx, '-p', str(WORK), '-c', str(conf)], 'nginx', helper=True)
     wait_for_port(port, process)
     return f'http://127.0.0.1:{port}', 'nginx'
 
@@ -144,7 +161,7 @@ def start_slow_steps(delay):
     """A gevent step server answering each fan7 step after `delay` seconds."""
     port = free_port()
     process = spawn([sys.executable, str(ROOT / 'bench' / 'slow_steps.py'), str(port), str(delay)],
-                    'slow-steps')
+                    'slow-steps', helper=True)
     wait_for_port(port, process)
     return f'http://127.0.0.1:{port}'
 
@@ -250,7 +267,7 @@ def drive(bases, workflow, seconds, concurrency, driver=None):
         command = ['wrk', '-t1', f'-c{max(1, concurrency // len(bases))}',
                    f'-d{math.ceil(seconds)}s', '--timeout', '90s', '-s', str(script), base,
                    '--', start, str(STEPS_PER_TICKET)]
-        drivers.append((spawn(command, f'wrk-{i}'), WORK / f'wrk-{i}.log'))
+        drivers.append((spawn(command, f'wrk-{i}', helper=True), WORK / f'wrk-{i}.log'))
     return gevent.spawn(_failed_in_wrk, drivers)
 
 

@@ -6,9 +6,11 @@ Each measurement is of the steady state: clients start tickets and wait for each
 pause, for --warmup seconds and then --seconds more, and only the tickets that end in the
 last --seconds count (each ending is one PUBLISH, read from Redis's command statistics).
 The load comes from wrk where it is installed: on two cores, the CPU a Python load driver
-takes is CPU the second process does not get.
-Usage: python bench/two_processes.py [--seconds 10] [--warmup 3] [--concurrency 500] [--runs 2]
-                                    [--driver wrk|python]"""
+takes is CPU the second process does not get. For the same reason Redis, the step server
+and wrk run under SCHED_BATCH (harness.run_helpers_in_batch); --helpers normal runs them
+as ordinary processes, which costs the Cameron processes about a tenth of their steps.
+Usage: python bench/two_processes.py [--seconds 10] [--warmup 3] [--concurrency 500] [--runs 3]
+                                    [--driver wrk|python] [--helpers batch|normal]"""
 import argparse
 import statistics
 import time
@@ -49,9 +51,12 @@ def main():
     parser.add_argument('--seconds', type=float, default=10)
     parser.add_argument('--warmup', type=float, default=3)
     parser.add_argument('--concurrency', type=int, default=500)
-    parser.add_argument('--runs', type=int, default=2)
+    parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--driver', choices=('wrk', 'python'), default=harness.default_driver())
+    parser.add_argument('--helpers', choices=('batch', 'normal'), default='batch')
     args = parser.parse_args()
+    if args.helpers == 'batch':
+        harness.run_helpers_in_batch()
     redis_url, catalogue, step_server = fan7.prepare()
     runs = {1: [], 2: []}
     for i, processes in enumerate([1, 2, 2, 1] * args.runs):
@@ -71,7 +76,8 @@ def main():
                'one_cpu_us_per_step': median(1, 'cpu_us_per_step'),
                'two_cpu_us_per_step': median(2, 'cpu_us_per_step'),
                'others_us_per_step_with_two': others, 'errors': errors,
-               'step_server': step_server, 'driver': args.driver, 'one': runs[1], 'two': runs[2]}
+               'step_server': step_server, 'driver': args.driver, 'helpers': args.helpers,
+               'one': runs[1], 'two': runs[2]}
     # The ratio is the cores the Cameron processes got, times how their CPU per step held;
     # on a machine of few cores, what the other parts take decides the first.
     shares = ', '.join(f'{part} {us:.0f}' for part, us in others.items())
@@ -82,8 +88,8 @@ def main():
                    f"cores, at {figures['one_cpu_us_per_step']:.0f} and "
                    f"{figures['two_cpu_us_per_step']:.0f} µs per step; with two, the other "
                    f"parts took, in µs of CPU per step: {shares} (load driver: {args.driver}"
-                   f"{', not counted' if args.driver == 'python' else ''}); "
-                   f"{errors} errors")
+                   f"{', not counted' if args.driver == 'python' else ''}; helpers "
+                   f"scheduled {args.helpers}); {errors} errors")
     return 1 if errors else 0
 
 

@@ -24,9 +24,10 @@ def needs_redis_server():
     ('fan7.py', ['--tickets', '30', '--concurrency', '10', '--runs', '2']),
     ('start_api.py', ['--seconds', '1', '--connections', '5', '--rounds', '1']),
     ('inflight.py', ['--tickets', '50', '--delay', '0.05', '--outgoing', '100']),
-    ('two_processes.py', ['--seconds', '1', '--warmup', '0.5', '--concurrency', '10']),
     ('two_processes.py', ['--seconds', '1', '--warmup', '0.5', '--concurrency', '10',
-                          '--driver', 'python']),
+                          '--runs', '1']),
+    ('two_processes.py', ['--seconds', '1', '--warmup', '0.5', '--concurrency', '10',
+                          '--runs', '1', '--driver', 'python', '--helpers', 'normal']),
 ])
 def test_bench_runs(script, args):
     result = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT,
