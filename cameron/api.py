@@ -153,10 +153,13 @@ def _idempotency_key():
 
 
 def _header(name, default=None):
-    """A request header, read as bottle.request.get_header reads it. That one keeps its
-    view of the headers in the environ, which the view refers to: a reference cycle with
-    each request, which only the garbage collector frees, and which kept it busy."""
-    return bottle.WSGIHeaderDict(bottle.request.environ).get(name, default)
+    """A request header, read as bottle.request.get_header reads it (as UTF-8), but without
+    the view of the headers that it keeps in the environ, which the view refers to: a
+    reference cycle with each request, which only the garbage collector frees."""
+    try:
+        return bottle.WSGIHeaderDict(bottle.request.environ).get(name, default)
+    except UnicodeDecodeError:
+        raise bottle.HTTPError(400, f'the {name} header is not UTF-8') from None
 
 
 def _wait_seconds(value):
@@ -187,7 +190,9 @@ def _json_errors(callback):
         except Exception:
             log.exception('%s %s: unexpected error', bottle.request.method, bottle.request.path)
             answer = bottle.HTTPError(500, 'internal error')
-        answer.__traceback__ = None  # it holds this frame, which holds it
+        # Its traceback, and that of what it was raised from, hold this frame (through
+        # their frames' callers), which holds it.
+        answer.__traceback__ = answer.__context__ = answer.__cause__ = None
         return answer
     return wrapper
 

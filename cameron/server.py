@@ -141,15 +141,17 @@ def serve(config, catalogue, client):
 
 
 def _tune_garbage_collector():
-    """A young-generation scan comes once allocations outrun frees by the first threshold.
-    Running tickets allocate and free about as much, so in a steady state the scans come
-    from drift and from garbage cycles, and each one walks the young objects of the tickets
-    in flight: the more in flight, the more CPU per step. At 100,000 they come 20
-    to 40 times less often: they took 4% of the CPU under bench/fan7.py with 500 tickets
-    in flight, 9% with 2,000 and 11% under bench/inflight.py, and now a sixth of that or
-    less. The price is cyclic garbage kept longer, at most 100,000 objects; under
-    bench/inflight.py the peak memory went down, not up (234 to 208 MiB).
-    What start-up made lives as long as the process and is left out of the scans."""
+    """A young-generation scan comes once the containers allocated outnumber those freed by
+    the first threshold. Running tickets allocate and free about as many, so in a steady
+    state the scans come from drift (a free never takes the count below zero) and from
+    garbage cycles, and each one walks the young objects of the tickets in flight: the more
+    in flight, the more CPU per step. Cameron's request and step paths leave no cycles
+    (tests count them), and at 100,000 the scans come 20 to 40 times less often: they took
+    4% of the CPU under bench/fan7.py with 500 tickets in flight, 9% with 2,000 and 11%
+    under bench/inflight.py, and now a sixth of that or less. The price: a cycle made
+    elsewhere (bottle's 404 for a path no route takes leaves a few dozen objects) waits
+    longer, with what it holds. What start-up made lives as long as the process and is
+    left out of the scans."""
     gc.collect()  # what start-up left for the collector is not kept for ever
     gc.freeze()
     gc.set_threshold(100_000, 10, 10)

@@ -1,5 +1,6 @@
 """The HTTP API over real HTTP: status codes, JSON errors, and nothing written on bad input."""
 import json
+import logging
 import socket
 
 import bottle
@@ -250,9 +251,13 @@ def test_with_a_valid_token_the_api_answers(guarded):
         assert response.status_code == 201
 
 
-def test_starts_and_error_answers_leave_no_reference_cycle(guarded):
+def test_starts_and_error_answers_leave_no_reference_cycle(make_cameron, step_service):
     """Each would leave the request's environ, body reader and answer for the garbage
     collector, which then walks every ticket in flight more often."""
+    step_service.routes['/start/k1'] = STEP
+    cameron = make_cameron({'bar': {'start_point_url': step_service.url('/start/{key}')}},
+                           api_tokens=('s3cret',), body_timeout=0.2)
+
     def requests_of_each_kind():
         for i in range(3):
             good = {'Authorization': 'Bearer s3cret', 'Idempotency-Key': f'i{i}'}
@@ -260,13 +265,35 @@ def test_starts_and_error_answers_leave_no_reference_cycle(guarded):
                     ('/api/workflow/bar/start', {'key': f'k{i}'}, good, 201),
                     ('/api/workflow/bar/start', {'key': f'k{i}'}, {}, 401),
                     ('/api/workflow/nope/start', {'key': 'k'}, good, 404),
-                    ('/api/workflow/bar/start', {'key': ''}, good, 400)]:
-                response = post(guarded, path, body, headers=headers)
+                    ('/api/workflow/bar/start', {'key': ''}, good, 400),
+                    ('/api/workflow/bar/start', b'{nope', good, 400),
+                    ('/api/workflow/bar/start', {'key': 'k'},
+                     {**good, 'Idempotency-Key': b'\xff'}, 400)]:
+                response = post(cameron, path, body, headers=headers)
                 assert response.status_code == status, response.text
+            with socket.create_connection(('127.0.0.1', cameron.server.server_port)) as s:
+                s.sendall(b'POST /api/workflow/bar/start HTTP/1.1\r\nHost: x\r\n'
+                          b'Authorization: Bearer s3cret\r\nContent-Length: 100\r\n\r\n{')
+                assert s.recv(4096).startswith(b'HTTP/1.1 408')
 
     garbage = garbage_left_by(requests_of_each_kind)
     assert not [o for o in garbage if isinstance(o, (bottle.HTTPResponse, bottle.WSGIHeaderDict))
-                or isinstance(o, dict) and 'wsgi.input' in o]
+                or isinstance(o, dict) and o.get('PATH_INFO', '').startswith('/api/')]
+
+
+@pytest.mark.parametrize('header', ['Idempotency-Key', 'Authorization'])
+def test_a_header_that_is_not_utf8_is_400(make_cameron, step_service, redis_client,
+                                          namespace, caplog, header):
+    cameron = make_cameron({'bar': {'start_point_url': step_service.url('/start/{key}')}},
+                           api_tokens=('s3cret',))
+    caplog.set_level(logging.INFO)
+    headers = {'Authorization': 'Bearer s3cret', header: b'\xff\xfe'}
+    response = post(cameron, '/api/workflow/bar/start', {'key': 'k1'}, headers=headers)
+    assert_json_error(response, 400)
+    assert header in response.json()['error']
+    assert [r.levelname for r in caplog.records if 'not UTF-8' in r.getMessage()] == ['INFO']
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert keys_of(redis_client, namespace) == []
 
 
 def test_health_needs_no_token(guarded):
