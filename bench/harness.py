@@ -40,6 +40,9 @@ def free_port():
         return s.getsockname()[1]
 
 
+_helper_prefix = []  # what a helper's command is started under: see run_helpers_in_batch
+
+
 def spawn(command, name, helper=False, **kwargs):
     """A process whose output goes to WORK/name.log, stopped (by PID) at exit. A helper
     (Redis, a step server, a load driver) is started as run_helpers_in_batch() says."""
@@ -50,9 +53,6 @@ def spawn(command, name, helper=False, **kwargs):
     process.part = name.split('-')[0]  # what it is: redis, nginx, wrk, cameron0...
     _started.append(process)
     return process
-
-
-_helper_prefix = []
 
 
 def run_helpers_in_batch():

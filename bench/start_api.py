@@ -8,9 +8,9 @@ median of each round's ratio is reported: the machine's speed drifts between run
 Usage: python bench/start_api.py [--seconds 10] [--connections 50] [--rounds 3]"""
 import argparse
 import json
-import statistics
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
